@@ -1,0 +1,106 @@
+"""The ascent step of SAM: turning a gradient into a weight perturbation.
+
+Foret et al. (2021) approximate the inner maximisation
+
+    eps*(w) = argmax_{||eps||_p <= rho} L(w + eps)
+
+to first order, whose solution is the dual vector of the gradient (eq. 2):
+
+    eps = rho * sign(g) * |g|^(q-1) / (||g||_q^q)^(1/p),    1/p + 1/q = 1.
+
+For p = 2 this is rho * g / ||g||_2 and for p = inf it is rho * sign(g). The
+norms are global: taken over all weight tensors together, as in the paper.
+Everything here is a pure function of tensors, so it is usable inside any
+`tf.function`, under XLA and in the replica context of any `tf.distribute`
+strategy.
+"""
+
+import math
+from typing import Optional, Sequence
+
+import tensorflow as tf
+
+# Added to every norm before dividing by it, so that a zero gradient gives a
+# zero perturbation rather than 0 / 0 = NaN.
+NORM_EPSILON = 1e-12
+
+
+def check_p(p: float) -> float:
+    """Validates the norm order `p` of the perturbation ball and returns it.
+
+    Raises:
+        ValueError: If `p` is not a number greater than 1 (p = 1 would
+            perturb a single weight; Foret et al. appendix C.5 exclude it).
+    """
+    try:
+        p = float(p)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"`p` must be a number > 1 or float('inf'). Received: p={p!r}"
+        ) from None
+    if not p > 1.0:
+        raise ValueError(
+            "`p` must be > 1 (use p=2 for SAM or p=float('inf') for the "
+            f"sign perturbation). Received: p={p}"
+        )
+    return p
+
+
+def global_norm(tensors: Sequence[Optional[tf.Tensor]], p: float = 2.0):
+    """The p-norm of a list of tensors taken as one flat vector, in float32.
+
+    `None` entries (weights that do not influence the loss) count as zeros.
+
+    >>> float(global_norm([tf.constant([3.0]), tf.constant([[4.0]])]))
+    5.0
+    """
+    parts = [tf.cast(t, tf.float32) for t in tensors if t is not None]
+    if not parts:
+        return tf.constant(0.0, tf.float32)
+    if math.isinf(p):
+        return tf.reduce_max(tf.stack([tf.reduce_max(tf.abs(t)) for t in parts]))
+    if p == 2.0:
+        return tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(t)) for t in parts]))
+    total = tf.add_n([tf.reduce_sum(tf.abs(t) ** p) for t in parts])
+    return total ** (1.0 / p)
+
+
+def dual_vector(grads: Sequence[tf.Tensor], rho, p: float = 2.0) -> list:
+    """The first-order SAM perturbation eps for gradients `grads` (eq. 2).
+
+    Args:
+        grads: List of gradient tensors (use zeros for unconnected weights).
+        rho: Scalar (float or tensor), the radius of the perturbation ball.
+        p: Float > 1 or `float("inf")`, the order of the norm ball.
+            Defaults to 2.
+
+    Returns:
+        A list of float32 tensors shaped like `grads` whose global p-norm is
+        `rho`; all zeros when the gradient is zero or not finite (so a
+        float16 overflow in the ascent never reaches the weights).
+
+    >>> eps = dual_vector([tf.constant([3.0, 4.0])], rho=0.5)
+    >>> [round(float(e), 2) for e in eps[0]]
+    [0.3, 0.4]
+
+    References:
+        Foret et al., "Sharpness-Aware Minimization for Efficiently
+        Improving Generalization", ICLR 2021, section 2, equation 2.
+    """
+    grads = [tf.cast(g, tf.float32) for g in grads]
+    rho = tf.cast(rho, tf.float32)
+    if math.isinf(p):
+        norm = global_norm(grads, p)  # only needed for the finiteness check
+        directions = [tf.sign(g) for g in grads]
+    elif p == 2.0:
+        norm = global_norm(grads, 2.0)
+        directions = [g / (norm + NORM_EPSILON) for g in grads]
+    else:
+        q = p / (p - 1.0)
+        norm = global_norm(grads, q)
+        scale = norm ** (q / p) + NORM_EPSILON
+        directions = [tf.sign(g) * tf.abs(g) ** (q - 1.0) / scale for g in grads]
+    finite = tf.math.is_finite(norm)
+    return [
+        tf.where(finite, rho * d, tf.zeros_like(d)) for d in directions
+    ]

@@ -1,0 +1,30 @@
+"""Test configuration: 4 logical CPU devices for tf.distribute, and seeds.
+
+The logical devices must exist before TensorFlow initialises, so they are
+configured here, at import time, before any test module touches TensorFlow.
+Single-device tests keep running on the default strategy (`/cpu:0`).
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import tensorflow as tf  # noqa: E402
+
+NUM_LOGICAL_CPUS = 4
+
+_cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    _cpu, [tf.config.LogicalDeviceConfiguration()] * NUM_LOGICAL_CPUS
+)
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def seed():
+    """Seeds Python, NumPy, TensorFlow and Keras before every test."""
+    keras.utils.set_random_seed(1234)
+    yield 1234
