@@ -21,4 +21,4 @@ demo: setup
 	$(BIN)/python -m experiments.noisy_labels --workdir=runs/demo
 
 test: setup
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests --doctest-modules keras_sam

@@ -20,6 +20,7 @@ import math
 import keras
 import tensorflow as tf
 from keras.src.losses import loss as loss_module
+from keras.src.models.functional import Functional
 
 from keras_sam import perturbation
 from keras_sam import sharding
@@ -97,6 +98,15 @@ class SAMModel(keras.Model):
         section 4.1 (m-sharpness). Andriushchenko and Flammarion, "Towards
         Understanding Sharpness-Aware Minimization", ICML 2022 (1-SAM).
     """
+
+    def __new__(cls, *args, **kwargs):
+        # `SAMModel(inputs, outputs)` builds a functional SAMModel, the way
+        # `keras.Model(inputs, outputs)` builds a `Functional`. Keras would
+        # otherwise rewrite SAMModel's base classes in place, which breaks
+        # every later subclass of SAMModel.
+        if cls is SAMModel and _is_functional_call(args, kwargs):
+            cls = FunctionalSAMModel
+        return super().__new__(cls, *args, **kwargs)
 
     def __init__(self, *args, rho=0.05, m=None, p=2.0, **kwargs):
         rho = check_rho(rho)
@@ -212,12 +222,9 @@ class SAMModel(keras.Model):
         Returns the loss (scaled for distribution, as Keras does), the
         predictions and the non-trainable values after the forward pass.
         """
+        kwargs = {"training": True} if self._call_has_training_arg else {}
         y_pred, non_trainable, losses = self.stateless_call(
-            trainable,
-            non_trainable,
-            batch["x"],
-            training=True,
-            return_losses=True,
+            trainable, non_trainable, batch["x"], return_losses=True, **kwargs
         )
         # Make the forward pass's own losses (activity regularisers, add_loss)
         # visible to compute_loss, as Keras' JAX trainer does.
@@ -311,3 +318,21 @@ class SAMModel(keras.Model):
         if scale is not None:
             norm = norm / tf.cast(scale, tf.float32)
         return loss_module.unscale_loss_for_distribution(norm)
+
+
+def _is_functional_call(args, kwargs) -> bool:
+    """Whether constructor arguments are those of a functional model."""
+    return (
+        len(args) == 2
+        or (len(args) == 1 and "outputs" in kwargs)
+        or ("inputs" in kwargs and "outputs" in kwargs)
+    )
+
+
+@keras.saving.register_keras_serializable(package="keras_sam", name="SAMModel")
+class FunctionalSAMModel(SAMModel, Functional):
+    """A `SAMModel` built from `inputs` and `outputs` (the functional API).
+
+    Not constructed directly: `SAMModel(inputs, outputs, ...)` returns one.
+    It is saved and loaded under the name "SAMModel".
+    """

@@ -1,0 +1,351 @@
+"""SAMModel's train step against independent hand computations."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_sam
+from tests import reference
+
+RHO = 0.3
+LEARNING_RATE = 0.1
+
+
+@keras.saving.register_keras_serializable(package="keras_sam_tests")
+class TinyNet(keras_sam.SAMModel):
+    """The reference network written as a SAMModel subclass."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden, self.logits = reference.tiny_layers()
+
+    def call(self, inputs):
+        return self.logits(self.hidden(inputs))
+
+
+def initial_weights(seed=0):
+    rng = np.random.default_rng(seed)
+    shapes = [
+        (reference.INPUT_DIM, reference.HIDDEN),
+        (reference.HIDDEN,),
+        (reference.HIDDEN, reference.CLASSES),
+        (reference.CLASSES,),
+    ]
+    return [rng.normal(scale=0.5, size=s).astype("float32") for s in shapes]
+
+
+def build(form="functional", optimizer="sgd", jit_compile=False, **sam_kwargs):
+    """The reference network as a compiled SAMModel, with fixed weights."""
+    if form == "functional":
+        hidden, logits = reference.tiny_layers()
+        inputs = keras.Input((reference.INPUT_DIM,))
+        model = keras_sam.SAMModel(inputs, logits(hidden(inputs)), **sam_kwargs)
+    elif form == "subclass":
+        model = TinyNet(**sam_kwargs)
+        model(np.zeros((1, reference.INPUT_DIM), "float32"))
+    elif form == "wrapped":
+        base = keras.Sequential(
+            [keras.Input((reference.INPUT_DIM,)), *reference.tiny_layers()]
+        )
+        model = keras_sam.SAMModel.from_model(base, **sam_kwargs)
+    else:
+        raise ValueError(form)
+    for variable, value in zip(model.trainable_variables, initial_weights()):
+        variable.assign(value)
+    optimizers = {
+        "sgd": lambda: keras.optimizers.SGD(LEARNING_RATE),
+        "adam": lambda: keras.optimizers.Adam(LEARNING_RATE),
+    }
+    model.compile(
+        optimizer=optimizers[optimizer](),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        jit_compile=jit_compile,
+    )
+    return model
+
+
+def weights_of(model):
+    return [v.numpy() for v in model.trainable_variables]
+
+
+def assert_weights_close(actual, expected, atol=1e-6):
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        np.testing.assert_allclose(a, np.asarray(e), atol=atol, rtol=1e-5)
+
+
+@pytest.mark.parametrize("form", ["functional", "subclass", "wrapped"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_one_step_matches_algorithm_1(form, optimizer):
+    x, y = reference.tiny_data()
+    model = build(form, optimizer, rho=RHO)
+    model.fit(x, y, batch_size=len(y), epochs=1, shuffle=False, verbose=0)
+
+    g_sam = reference.sam_gradient(initial_weights(), x, y, RHO)
+    update = {"sgd": reference.sgd_update, "adam": reference.adam_update}
+    expected = update[optimizer](initial_weights(), g_sam, LEARNING_RATE)
+    assert_weights_close(weights_of(model), expected)
+
+
+def test_sample_weight_is_respected():
+    x, y = reference.tiny_data()
+    sample_weight = np.linspace(0.0, 2.0, len(y)).astype("float32")
+    model = build(rho=RHO)
+    model.fit(
+        x, y, sample_weight=sample_weight, batch_size=len(y), shuffle=False,
+        verbose=0,
+    )
+    g_sam = reference.sam_gradient(initial_weights(), x, y, RHO, sample_weight)
+    expected = reference.sgd_update(initial_weights(), g_sam, LEARNING_RATE)
+    assert_weights_close(weights_of(model), expected)
+
+
+def test_reported_metrics_are_measured_at_w():
+    x, y = reference.tiny_data()
+    model = build(rho=RHO)
+    logs = model.fit(x, y, batch_size=len(y), shuffle=False, verbose=0).history
+    w = initial_weights()
+    loss_at_w = float(reference.loss(w, x, y))
+    grads = reference.gradient(w, x, y)
+    norm = float(tf.sqrt(sum(tf.reduce_sum(g**2) for g in grads)))
+    eps = [RHO * g / norm for g in grads]
+    loss_at_w_eps = float(
+        reference.loss([a + b for a, b in zip(w, eps)], x, y)
+    )
+    np.testing.assert_allclose(logs["loss"][0], loss_at_w, rtol=1e-5)
+    np.testing.assert_allclose(logs["grad_norm"][0], norm, rtol=1e-5)
+    np.testing.assert_allclose(
+        logs["sharpness"][0], loss_at_w_eps - loss_at_w, rtol=1e-4
+    )
+
+
+def plain_network(dropout=False):
+    """The reference network as a plain Keras model (fixed weights)."""
+    keras.utils.set_random_seed(7)
+    layers = reference.tiny_layers()
+    if dropout:
+        layers.insert(1, keras.layers.Dropout(0.5, seed=3))
+    model = keras.Sequential([keras.Input((reference.INPUT_DIM,)), *layers])
+    for variable, value in zip(model.trainable_variables, initial_weights()):
+        variable.assign(value)
+    return model
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+def test_rho_zero_reproduces_the_base_optimizer(dropout):
+    x, y = reference.tiny_data(n=16)
+
+    def train(sam, rho):
+        model = plain_network(dropout=dropout)
+        if sam:
+            model = keras_sam.SAMModel.from_model(model, rho=rho)
+        model.compile(
+            optimizer=keras.optimizers.SGD(LEARNING_RATE, momentum=0.9),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        keras.utils.set_random_seed(11)
+        model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+        return weights_of(model)
+
+    plain = train(sam=False, rho=None)
+    # With dropout this also shows that both passes use the same mask and
+    # that the random state advances exactly as in a plain step.
+    assert_weights_close(train(sam=True, rho=0.0), plain, atol=1e-7)
+    with pytest.raises(AssertionError):
+        assert_weights_close(train(sam=True, rho=RHO), plain, atol=1e-4)
+
+
+@pytest.mark.parametrize("group_size", [1, 2, 4])
+def test_m_groups_within_one_device(group_size):
+    x, y = reference.tiny_data(n=8)
+    model = build(rho=RHO, m=group_size)
+    model.fit(x, y, batch_size=8, shuffle=False, verbose=0)
+    g = reference.grouped_sam_gradient(initial_weights(), x, y, RHO, group_size)
+    expected = reference.sgd_update(initial_weights(), g, LEARNING_RATE)
+    assert_weights_close(weights_of(model), expected)
+    full = reference.sam_gradient(initial_weights(), x, y, RHO)
+    full_batch = reference.sgd_update(initial_weights(), full, LEARNING_RATE)
+    with pytest.raises(AssertionError):
+        assert_weights_close(weights_of(model), full_batch, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "replicas, group_size", [(2, None), (4, None), (2, 2)]
+)
+def test_mirrored_strategy_perturbs_per_replica(replicas, group_size):
+    x, y = reference.tiny_data(n=8)
+    devices = [f"/cpu:{i}" for i in range(replicas)]
+    # ReductionToOneDevice: collective ops cannot mix group sizes in one
+    # process, and the tests use 2 and 4 replicas.
+    strategy = tf.distribute.MirroredStrategy(
+        devices, cross_device_ops=tf.distribute.ReductionToOneDevice()
+    )
+    with strategy.scope():
+        model = build(rho=RHO, m=group_size)
+    model.fit(x, y, batch_size=8, shuffle=False, verbose=0)
+
+    # Each replica gets a contiguous slice of the global batch and computes
+    # its own eps; the optimizer applies the mean of the replicas' g_sam.
+    per_replica = len(y) // replicas
+    g = reference.grouped_sam_gradient(
+        initial_weights(), x, y, RHO, group_size or per_replica
+    )
+    expected = reference.sgd_update(initial_weights(), g, LEARNING_RATE)
+    assert_weights_close(weights_of(model), expected)
+
+    full = reference.sam_gradient(initial_weights(), x, y, RHO)
+    full_batch = reference.sgd_update(initial_weights(), full, LEARNING_RATE)
+    with pytest.raises(AssertionError):
+        assert_weights_close(weights_of(model), full_batch, atol=1e-5)
+
+
+def test_jit_and_steps_per_execution_match_the_eager_graph():
+    x, y = reference.tiny_data(n=16)
+    results = []
+    for jit, steps in [(False, 1), (True, 1), (True, 2)]:
+        model = build(rho=RHO, m=2, jit_compile=jit)
+        model.compile(
+            optimizer=keras.optimizers.SGD(LEARNING_RATE),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            jit_compile=jit,
+            steps_per_execution=steps,
+        )
+        model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+        results.append(weights_of(model))
+    assert_weights_close(results[1], results[0], atol=1e-5)
+    assert_weights_close(results[2], results[0], atol=1e-5)
+
+
+def test_batch_norm_statistics_come_from_the_pass_at_w():
+    x, _ = reference.tiny_data(n=8)
+    y = np.arange(8) % 3
+
+    def network():
+        keras.utils.set_random_seed(5)
+        return keras.Sequential(
+            [
+                keras.Input((reference.INPUT_DIM,)),
+                keras.layers.Dense(6),
+                keras.layers.BatchNormalization(momentum=0.5),
+                keras.layers.Dense(3),
+            ]
+        )
+
+    reference_net = network()
+    reference_net(x, training=True)  # one forward pass at w
+    expected = [v.numpy() for v in reference_net.non_trainable_variables]
+
+    model = keras_sam.SAMModel.from_model(network(), rho=1.0)
+    model.compile(
+        optimizer=keras.optimizers.SGD(LEARNING_RATE),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(x, y, batch_size=8, shuffle=False, verbose=0)
+    bn = next(
+        layer
+        for layer in model._flatten_layers()
+        if isinstance(layer, keras.layers.BatchNormalization)
+    )
+    actual = [bn.moving_mean.numpy(), bn.moving_variance.numpy()]
+    assert_weights_close(actual, expected)
+
+
+def test_zero_gradient_leaves_weights_finite_and_unchanged():
+    x, y = reference.tiny_data()
+    base = keras.Sequential(
+        [keras.Input((reference.INPUT_DIM,)), keras.layers.Dense(3)]
+    )
+    model = keras_sam.SAMModel.from_model(base, rho=RHO)
+    model.compile(
+        optimizer=keras.optimizers.SGD(LEARNING_RATE),
+        loss=lambda y_true, y_pred: 0.0 * keras.ops.sum(y_pred),
+    )
+    before = weights_of(model)
+    logs = model.fit(x, y, batch_size=8, verbose=0).history
+    after = weights_of(model)
+    assert all(np.isfinite(w).all() for w in after)
+    assert_weights_close(after, before, atol=0)
+    assert logs["grad_norm"][0] == 0.0
+
+
+def test_rho_variable_changes_the_next_step_without_retracing():
+    x, y = reference.tiny_data()
+    model = build(rho=RHO)
+    model.fit(x, y, batch_size=8, shuffle=False, verbose=0)
+    train_function = model.train_function
+    start = weights_of(model)
+    model.rho.assign(0.7)
+    model.fit(x, y, batch_size=8, shuffle=False, verbose=0)
+    assert model.train_function is train_function
+    g_sam = reference.sam_gradient(start, x, y, 0.7)
+    expected = reference.sgd_update(start, g_sam, LEARNING_RATE)
+    assert_weights_close(weights_of(model), expected)
+
+
+@pytest.mark.parametrize("form", ["functional", "subclass", "wrapped"])
+def test_keras_file_round_trip_keeps_sam_settings(form, tmp_path):
+    x, y = reference.tiny_data()
+    model = build(form, rho=RHO, m=2, p=3.0)
+    model.fit(x, y, batch_size=8, verbose=0)
+    model.rho.assign(0.123)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, keras_sam.SAMModel)
+    assert (loaded.m, loaded.p) == (2, 3.0)
+    np.testing.assert_allclose(float(loaded.rho.numpy()), 0.123)
+    assert_weights_close(weights_of(loaded), weights_of(model), atol=0)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    loaded.fit(x, y, batch_size=8, verbose=0)  # still trains with SAM
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"rho": -0.1}, "`rho` must be a finite number >= 0"),
+        ({"rho": float("nan")}, "`rho` must be a finite number >= 0"),
+        ({"rho": "big"}, "`rho` must be a non-negative number"),
+        ({"m": 0}, "`m` must be a positive integer"),
+        ({"m": 2.5}, "`m` must be a positive integer"),
+        ({"p": 1}, "`p` must be > 1"),
+        ({"p": "l2"}, "`p` must be a number > 1"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build(**kwargs)
+
+
+def test_batch_not_divisible_by_m_is_reported():
+    x, y = reference.tiny_data(n=6)
+    model = build(rho=RHO, m=4)
+    with pytest.raises(ValueError, match="not divisible by m=4"):
+        model.fit(x, y, batch_size=6, verbose=0)
+
+
+def test_batch_norm_under_1_sam_is_refused():
+    inputs = keras.Input((reference.INPUT_DIM,))
+    hidden = keras.layers.BatchNormalization()(keras.layers.Dense(4)(inputs))
+    model = keras_sam.SAMModel(inputs, keras.layers.Dense(3)(hidden), m=1)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    x, y = reference.tiny_data()
+    with pytest.raises(ValueError, match="LayerNormalization or Group"):
+        model.fit(x, y, batch_size=8, verbose=0)
+
+
+def test_from_model_needs_an_input_shape_for_subclassed_models():
+    class Plain(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(3)
+
+        def call(self, inputs):
+            return self.dense(inputs)
+
+    with pytest.raises(ValueError, match="input_shape="):
+        keras_sam.SAMModel.from_model(Plain())
+    model = keras_sam.SAMModel.from_model(Plain(), input_shape=(4,), rho=0.1)
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(np.ones((4, 4)), np.ones((4, 3)), verbose=0)
