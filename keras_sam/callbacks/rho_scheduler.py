@@ -1,0 +1,164 @@
+"""`RhoScheduler`: sets `model.rho` from a schedule, per epoch or per step."""
+
+import math
+
+import keras
+import numpy as np
+from keras.src.utils import io_utils
+
+from keras_sam import schedules as schedules_module
+
+
+def rho_variable(model, caller: str):
+    """`model.rho` if it is a variable a callback can assign, else raises."""
+    rho = getattr(model, "rho", None)
+    if rho is None or not hasattr(rho, "assign"):
+        raise ValueError(
+            f"{caller} needs a model with a `rho` variable, such as a "
+            f"`keras_sam.SAMModel`. Model {getattr(model, 'name', model)!r} "
+            f"of type {type(model).__name__} has rho={rho!r}: build it with "
+            "`keras_sam.SAMModel` (or `SAMModel.from_model(model)`)."
+        )
+    return rho
+
+
+def check_scheduled_rho(value, t, unit: str) -> float:
+    """The schedule's output as a float, or a ValueError naming it."""
+    try:
+        rho = float(np.asarray(keras.ops.convert_to_numpy(value)))
+    except (TypeError, ValueError):
+        rho = float("nan")
+        shown = repr(value)
+    else:
+        shown = repr(rho)
+    if not math.isfinite(rho) or rho < 0:
+        raise ValueError(
+            f"The rho schedule returned rho={shown} at {unit} {t}; rho must "
+            "be a finite number >= 0. Fix the schedule so that it returns a "
+            "non-negative float for every epoch (or step)."
+        )
+    return rho
+
+
+class RhoScheduler(keras.callbacks.Callback):
+    """Assigns `model.rho` from a schedule before each epoch (or step).
+
+    `model.rho` is a non-trainable variable that the compiled train step
+    reads, so a new value takes effect at the next step without retracing.
+    At the end of each epoch the current rho is written to `logs["rho"]`,
+    where `History`, `CSVLogger` and `TensorBoard` find it (list
+    `RhoScheduler` before them in `callbacks`).
+
+    Args:
+        schedule: A `keras_sam.schedules.RhoSchedule`, or any callable that
+            takes the epoch (or global step) index, counted from 0, and
+            returns a float rho >= 0.
+        total: Positive integer, the length of training in the unit of
+            `per`, for schedules built without `total` (step decay, step
+            increase, cosine). Defaults to None: `fit`'s `epochs`, or
+            `epochs * steps` when `per="step"`.
+        per: "epoch" (default) or "step": how often rho is updated. With
+            `steps_per_execution > 1`, "step" updates once per execution.
+        verbose: Integer. 0: quiet, 1: print each new value.
+
+    >>> import keras, keras_sam, numpy as np
+    >>> from keras_sam import schedules
+    >>> from keras_sam.callbacks import RhoScheduler
+    >>> inputs = keras.Input((4,))
+    >>> model = keras_sam.SAMModel(inputs, keras.layers.Dense(1)(inputs))
+    >>> model.compile(optimizer="sgd", loss="mse")
+    >>> callback = RhoScheduler(schedules.StepDecay(0.1), per="epoch")
+    >>> history = model.fit(np.ones((8, 4)), np.zeros((8, 1)), epochs=5,
+    ...                     callbacks=[callback], verbose=0)
+    >>> [round(r, 6) for r in history.history["rho"]]
+    [0.1, 0.1, 0.01, 0.001, 0.001]
+
+    References:
+        Alexandru, "Sharpness-aware minimisation and label noise", section
+        4.3 (rho schedules); modelled on `keras.callbacks.
+        LearningRateScheduler`.
+    """
+
+    def __init__(self, schedule, total=None, per="epoch", verbose=0):
+        super().__init__()
+        if not callable(schedule):
+            raise ValueError(
+                "`schedule` must be a `keras_sam.schedules.RhoSchedule` or a "
+                "callable `t -> rho`. Received: "
+                f"schedule={schedule!r} of type {type(schedule).__name__}"
+            )
+        if per not in ("epoch", "step"):
+            raise ValueError(
+                f'`per` must be "epoch" or "step". Received: per={per!r}'
+            )
+        self.schedule = schedule
+        self.total = schedules_module._check_total(total)
+        self.per = per
+        self.verbose = verbose
+        self._active = schedule
+        self._steps = None
+        self._epoch = 0
+        self._seen_steps = 0
+
+    def _bind_total(self):
+        """The schedule with its `total` filled in, when it needs one."""
+        schedule = self.schedule
+        if not getattr(schedule, "needs_total", False):
+            return schedule
+        if schedule.total is not None:
+            if self.total is not None and self.total != schedule.total:
+                raise ValueError(
+                    f"The schedule has total={schedule.total} but "
+                    f"RhoScheduler got total={self.total}: give `total` to "
+                    "only one of them."
+                )
+            return schedule
+        total = self.total
+        if total is None:
+            epochs = self.params.get("epochs")
+            steps = self.params.get("steps")
+            total = epochs if self.per == "epoch" else None
+            if self.per == "step" and epochs and steps:
+                total = epochs * steps
+            if not total:
+                raise ValueError(
+                    f"{type(schedule).__name__} needs the length of training "
+                    f"in {self.per}s, which fit() does not know here (steps="
+                    f"{steps}): pass RhoScheduler(..., total=...)."
+                )
+        return schedule.with_total(total)
+
+    def on_train_begin(self, logs=None):
+        rho_variable(self.model, "RhoScheduler")
+        self._active = self._bind_total()
+        self._steps = self.params.get("steps")
+        self._seen_steps = 0
+
+    def _set(self, t):
+        rho = check_scheduled_rho(self._active(t), t, self.per)
+        self.model.rho.assign(rho)
+        if self.verbose > 0:
+            io_utils.print_msg(
+                f"\n{self.per.capitalize()} {t}: RhoScheduler setting rho to "
+                f"{rho:.6g}."
+            )
+        return rho
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        if self.per == "epoch":
+            self._set(epoch)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.per != "step":
+            return
+        if self._steps:
+            step = self._epoch * self._steps + batch
+        else:
+            step = self._seen_steps
+        self._seen_steps += 1
+        self._set(step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["rho"] = float(keras.ops.convert_to_numpy(self.model.rho))
