@@ -1,0 +1,247 @@
+"""A model's loss at any weight values, over a whole data set, statelessly.
+
+The sharpness diagnostics evaluate L(w') at weights w' that are not the
+model's own (w + eps, w + a d1 + b d2, (1 - a) w1 + a w2) and differentiate
+it once or twice. `FunctionalLoss` does this with
+
+    y_pred = model.stateless_call(trainable, non_trainable, x, training=False)
+
+so no variable is ever assigned, BatchNormalization uses its moving
+statistics and dropout is off. The loss of a whole data set is the mean of
+the batch losses weighted by batch size, as `model.evaluate` reports it (each
+batch loss being a mean over its examples), so the gradient and the Hessian
+of the full-data loss are the same weighted means of the batch ones.
+"""
+
+from typing import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def as_dataset(data, batch_size: int = 128) -> tf.data.Dataset:
+    """Batches of `(x, y)` or `(x, y, sample_weight)` from arrays or a dataset.
+
+    Args:
+        data: A tuple `(x, y)` or `(x, y, sample_weight)` of arrays (the
+            examples along the first axis), or a batched `tf.data.Dataset`
+            of such tuples, returned as it is.
+        batch_size: Integer > 0, the batch size used for arrays.
+            Defaults to 128.
+
+    Returns:
+        A `tf.data.Dataset` of batches.
+
+    >>> ds = as_dataset((np.zeros((5, 2)), np.zeros(5)), batch_size=2)
+    >>> [int(x.shape[0]) for x, y in ds]
+    [2, 2, 1]
+    """
+    if isinstance(data, tf.data.Dataset):
+        return data
+    if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
+        raise ValueError(
+            "`data` must be a tuple (x, y) or (x, y, sample_weight) of "
+            "arrays, or a batched tf.data.Dataset of such tuples. Received: "
+            f"data of type {type(data).__name__}"
+            + (f" with {len(data)} items" if isinstance(data, (tuple, list))
+               else "")
+        )
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(
+            f"`batch_size` must be a positive integer. Received: "
+            f"batch_size={batch_size!r}"
+        )
+    lengths = {len(a) for a in tf.nest.flatten(tuple(data))}
+    if len(lengths) != 1:
+        raise ValueError(
+            "The arrays of `data` must all have the same number of "
+            f"examples. Received lengths {sorted(lengths)}."
+        )
+    return tf.data.Dataset.from_tensor_slices(tuple(data)).batch(
+        int(batch_size)
+    )
+
+
+def batch_size_of(x) -> tf.Tensor:
+    """The number of examples of a (possibly nested) input batch `x`."""
+    return tf.shape(tf.nest.flatten(x)[0])[0]
+
+
+def flatten(tensors: Sequence) -> np.ndarray:
+    """Concatenates tensors or arrays into one flat float64 NumPy vector.
+
+    >>> flatten([np.ones((2, 2)), np.zeros(1)]).tolist()
+    [1.0, 1.0, 1.0, 1.0, 0.0]
+    """
+    return np.concatenate(
+        [np.asarray(t, dtype=np.float64).reshape(-1) for t in tensors]
+    )
+
+
+def unflatten(vector, like: Sequence) -> list:
+    """Splits a flat vector into tensors shaped and typed like `like`.
+
+    >>> w = [tf.zeros((2, 2)), tf.zeros(1)]
+    >>> [tuple(t.shape) for t in unflatten(np.arange(5.0), w)]
+    [(2, 2), (1,)]
+    """
+    vector = tf.convert_to_tensor(vector)
+    sizes = [int(np.prod(t.shape)) for t in like]
+    if int(vector.shape[0]) != sum(sizes):
+        raise ValueError(
+            f"The vector has {int(vector.shape[0])} entries but the weights "
+            f"have {sum(sizes)}: pass a vector of the model's trainable size."
+        )
+    parts = tf.split(vector, sizes)
+    return [
+        tf.cast(tf.reshape(p, t.shape), t.dtype) for p, t in zip(parts, like)
+    ]
+
+
+def _resolve_loss_fn(model, loss_fn):
+    """The explicit loss as `f(y, y_pred, sample_weight)`, or None."""
+    if loss_fn is None:
+        if not getattr(model, "compiled", False) or model.loss is None:
+            raise ValueError(
+                f"Model {model.name!r} has no compiled loss and no "
+                "`loss_fn` was given: pass `loss_fn=` (a keras.losses.Loss, "
+                "a loss name or a callable (y_true, y_pred)), or "
+                "`model.compile(loss=...)` first."
+            )
+        return None
+    if isinstance(loss_fn, str):
+        loss_fn = keras.losses.get(loss_fn)
+    if isinstance(loss_fn, keras.losses.Loss):
+        return loss_fn
+    if not callable(loss_fn):
+        raise ValueError(
+            "`loss_fn` must be a keras.losses.Loss, a loss name or a "
+            f"callable (y_true, y_pred). Received: loss_fn={loss_fn!r}"
+        )
+
+    def mean_loss(y, y_pred, sample_weight=None):
+        # The "sum_over_batch_size" reduction of Keras losses.
+        values = tf.convert_to_tensor(loss_fn(y, y_pred))
+        if sample_weight is not None:
+            weight = tf.cast(sample_weight, values.dtype)
+            while weight.shape.rank < values.shape.rank:
+                weight = weight[..., None]
+            values = values * weight
+        return tf.reduce_sum(values) / tf.cast(tf.size(values), values.dtype)
+
+    return mean_loss
+
+
+class FunctionalLoss:
+    """The loss of `model` as a pure function of its weight values.
+
+    Args:
+        model: A built Keras model (compiled or not).
+        loss_fn: Optional `keras.losses.Loss`, loss name, or callable
+            `(y_true, y_pred)` returning per-example losses (reduced by the
+            mean, weighted by any sample weights). Defaults to None: the
+            model's compiled loss, including regularisation losses, exactly
+            as `model.evaluate` computes it.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> f = FunctionalLoss(model, loss_fn="mse")
+    >>> trainable, non_trainable = f.values()
+    >>> loss = f(trainable, non_trainable, tf.ones((4, 2)), tf.ones((4, 1)))
+    >>> tuple(loss.shape)
+    ()
+    """
+
+    def __init__(self, model, loss_fn=None):
+        if not isinstance(model, keras.Model):
+            raise ValueError(
+                "`model` must be a keras.Model. Received: "
+                f"model of type {type(model).__name__}"
+            )
+        if not model.built:
+            raise ValueError(
+                f"Model {model.name!r} is not built: call it on a batch or "
+                "build it with `model.build(input_shape)` first."
+            )
+        self.model = model
+        self._loss_fn = _resolve_loss_fn(model, loss_fn)
+
+    def values(self) -> tuple:
+        """The model's current (trainable, non-trainable) values as tensors."""
+        # Snapshots (copies), not references to the variables.
+        return (
+            [tf.identity(v.value) for v in self.model.trainable_variables],
+            [tf.identity(v.value) for v in self.model.non_trainable_variables],
+        )
+
+    def __call__(self, trainable, non_trainable, x, y, sample_weight=None):
+        """The mean loss of the batch `(x, y, sample_weight)` at the values."""
+        model = self.model
+        y_pred, _, losses = model.stateless_call(
+            trainable, non_trainable, x, training=False, return_losses=True
+        )
+        if self._loss_fn is not None:
+            return self._loss_fn(y, y_pred, sample_weight)
+        # As model.evaluate: compiled loss + the forward pass's own losses
+        # (activity regularisers, add_loss) + weight regularisers, the
+        # latter evaluated at `trainable` inside the stateless scope.
+        model._losses_override = list(losses)
+        try:
+            loss, _ = model.stateless_compute_loss(
+                trainable,
+                non_trainable,
+                [v.value for v in model.metrics_variables],
+                x=x,
+                y=y,
+                y_pred=y_pred,
+                sample_weight=sample_weight,
+                training=False,
+            )
+        finally:
+            model._losses_override = []
+        return loss
+
+
+def unpack(batch) -> tuple:
+    """`(x, y, sample_weight)` of a dataset element; `y` must be present."""
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
+    if y is None:
+        raise ValueError(
+            "The data must hold targets: tuples (x, y) or "
+            "(x, y, sample_weight). Received batches of inputs only."
+        )
+    return x, y, sample_weight
+
+
+def weighted_mean(batch_fn, dataset) -> list:
+    """Batch-size-weighted mean of `batch_fn(x, y, sample_weight)` over data.
+
+    Args:
+        batch_fn: Callable returning a list of tensors for one batch (a
+            mean over the batch's examples: a loss, its gradient, ...).
+        dataset: A batched `tf.data.Dataset` (see `as_dataset`).
+
+    Returns:
+        The list of float64 NumPy arrays sum_b n_b f_b / sum_b n_b.
+
+    >>> ds = as_dataset((np.arange(3.0), np.zeros(3)), batch_size=2)
+    >>> weighted_mean(lambda x, y, w: [tf.reduce_mean(x)], ds)[0].item()
+    1.0
+    """
+    totals, count = None, 0
+    for batch in dataset:
+        x, y, sample_weight = unpack(batch)
+        n = int(batch_size_of(x))
+        values = [
+            np.asarray(v, dtype=np.float64) * n
+            for v in batch_fn(x, y, sample_weight)
+        ]
+        totals = values if totals is None else [
+            t + v for t, v in zip(totals, values)
+        ]
+        count += n
+    if count == 0:
+        raise ValueError("`data` is empty: it yielded no examples.")
+    return [t / count for t in totals]
