@@ -245,3 +245,22 @@ def weighted_mean(batch_fn, dataset) -> list:
     if count == 0:
         raise ValueError("`data` is empty: it yielded no examples.")
     return [t / count for t in totals]
+
+
+def evaluate_loss(model, data, loss_fn=None, batch_size: int = 128) -> float:
+    """The full-data loss of `model` at its weights, as `model.evaluate`.
+
+    >>> model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    >>> model.set_weights([np.ones((1, 1)), np.zeros(1)])
+    >>> data = (np.ones((3, 1), "float32"), np.zeros((3, 1), "float32"))
+    >>> evaluate_loss(model, data, loss_fn="mse")
+    1.0
+    """
+    loss = FunctionalLoss(model, loss_fn)
+    trainable, non_trainable = loss.values()
+    batch_loss = tf.function(loss, reduce_retracing=True)
+    (value,) = weighted_mean(
+        lambda x, y, sw: [batch_loss(trainable, non_trainable, x, y, sw)],
+        as_dataset(data, batch_size),
+    )
+    return float(value)

@@ -13,6 +13,7 @@ from typing import Dict
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from keras_sam.landscape import Surface
 
@@ -109,7 +110,7 @@ def plot_curves(
     >>> os.path.exists(plot_curves(path, [0, 1], {"sgd": [1.0, 2.0]}))
     True
     """
-    figure = Figure(figsize=(5, 3.5))
+    figure = Figure(figsize=(6, 4))
     axes = figure.add_subplot()
     for label, losses in curves.items():
         axes.plot(alphas, losses, marker=".", label=label)
@@ -124,18 +125,30 @@ def plot_curves(
     return _save(figure, path)
 
 
-def _display_values(losses: np.ndarray, log_scale) -> tuple:
-    """log10 of the losses when they are positive and span > 2 decades."""
+def _display_values(losses, log_scale, value_range, levels) -> tuple:
+    """Values, contour levels and label: log10 when the losses span > 100x.
+
+    The levels cover `value_range` (raw losses; default: the losses' own
+    range), so that several plots can share one colour scale.
+    """
+    low, high = value_range or (losses.min(), losses.max())
     if log_scale is None:
-        log_scale = losses.min() > 0 and losses.max() / losses.min() > 100
+        log_scale = low > 0 and high / low > 100
     if log_scale:
-        return np.log10(losses), "log10 loss"
-    return losses, "loss"
+        losses, low, high = np.log10(losses), np.log10(low), np.log10(high)
+    if high <= low:
+        high = low + 1e-12
+    label = "log10 loss" if log_scale else "loss"
+    return np.clip(losses, low, high), np.linspace(low, high, levels), label
 
 
 def plot_contour(
-    path: str, surface: Surface, title: str = "", levels: int = 30,
+    path: str,
+    surface: Surface,
+    title: str = "",
+    levels: int = 30,
     log_scale=None,
+    value_range=None,
 ) -> str:
     """Filled contour plot of a 2-D landscape, written as a PNG.
 
@@ -146,6 +159,9 @@ def plot_contour(
         levels: Integer, the number of contour levels. Defaults to 30.
         log_scale: Boolean, contours of log10(loss); None (default) chooses
             it when the losses are positive and span more than 100x.
+        value_range: Optional pair (low, high) of losses covered by the
+            colour scale (values outside are clipped), to give several
+            plots the same scale. Defaults to the losses' range.
 
     Returns:
         `path`.
@@ -160,14 +176,16 @@ def plot_contour(
         Li et al., "Visualizing the Loss Landscape of Neural Nets",
         NeurIPS 2018, section 3 (contour plots).
     """
-    values, label = _display_values(np.asarray(surface.losses), log_scale)
+    values, levels, label = _display_values(
+        np.asarray(surface.losses), log_scale, value_range, levels
+    )
     figure = Figure(figsize=(5, 4.2))
     axes = figure.add_subplot()
     a, b = np.meshgrid(surface.alphas, surface.betas, indexing="ij")
     filled = axes.contourf(a, b, values, levels=levels, cmap="viridis")
     axes.contour(a, b, values, levels=levels, colors="k", linewidths=0.3)
     axes.plot([0], [0], marker="*", color="red", markersize=10)
-    figure.colorbar(filled, ax=axes, label=label)
+    figure.colorbar(filled, ax=axes, label=label, ticks=MaxNLocator(8))
     axes.set_xlabel("alpha (direction 1)")
     axes.set_ylabel("beta (direction 2)")
     axes.set_aspect("equal")
@@ -177,7 +195,11 @@ def plot_contour(
 
 
 def plot_surface(
-    path: str, surface: Surface, title: str = "", log_scale=None
+    path: str,
+    surface: Surface,
+    title: str = "",
+    log_scale=None,
+    value_range=None,
 ) -> str:
     """3-D surface plot of a 2-D landscape, written as a PNG.
 
@@ -186,6 +208,7 @@ def plot_surface(
         surface: A `landscape.Surface`.
         title: String, the title. Defaults to none.
         log_scale: Boolean or None, as in `plot_contour`.
+        value_range: Optional pair (low, high), as in `plot_contour`.
 
     Returns:
         `path`.
@@ -200,12 +223,17 @@ def plot_surface(
         Li et al., "Visualizing the Loss Landscape of Neural Nets",
         NeurIPS 2018, figure 1 (3-D surface plots).
     """
-    values, label = _display_values(np.asarray(surface.losses), log_scale)
+    values, levels, label = _display_values(
+        np.asarray(surface.losses), log_scale, value_range, 2
+    )
     figure = Figure(figsize=(5.5, 4.5))
     axes = figure.add_subplot(projection="3d")
     a, b = np.meshgrid(surface.alphas, surface.betas, indexing="ij")
-    axes.plot_surface(a, b, values, cmap="viridis", linewidth=0,
-                      antialiased=True)
+    axes.plot_surface(
+        a, b, values, cmap="viridis", vmin=levels[0], vmax=levels[-1],
+        linewidth=0, antialiased=True,
+    )
+    axes.set_zlim(levels[0], levels[-1])
     axes.set_xlabel("alpha")
     axes.set_ylabel("beta")
     axes.set_zlabel(label)

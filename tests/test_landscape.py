@@ -172,6 +172,9 @@ def test_plots_and_files_are_written(tmp_path):
         ),
         landscape_plots.plot_contour(str(tmp_path / "contour.png"), grid),
         landscape_plots.plot_surface(str(tmp_path / "surface.png"), grid),
+        landscape_plots.plot_contour(
+            str(tmp_path / "shared.png"), grid, value_range=(0.1, 5.0)
+        ),
     ]
     for path in paths:
         with open(path, "rb") as f:
