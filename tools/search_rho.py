@@ -1,0 +1,294 @@
+"""Searches SAM's rho on a clean validation split: grid or Bayesian.
+
+Holds out 10% of the training set with its clean labels, adds symmetric
+label noise to the rest, and runs a KerasTuner search over rho scored by the
+best epoch's validation accuracy (Foret et al. section 3.1, appendix C.1).
+Run the same command again to resume an interrupted search.
+
+Usage (from the repository root):
+
+    python tools/search_rho.py --search=grid --noise_rate=0.4 \\
+        --output_dir=runs/search_rho
+
+    python tools/search_rho.py --search=bayesian --trials=10 \\
+        --noise_rate=0.4 --output_dir=runs/search_rho
+
+    python tools/search_rho.py --search=grid --dataset=cifar10 --model=cnn \\
+        --epochs=20 --batch_size=128 --output_dir=runs/search_rho
+
+`--dataset` is "digits" (embedded, offline) or a TensorFlow Datasets name
+with "image" and "label" features (cifar10, cifar100, svhn_cropped,
+fashion_mnist; `tfds.load` must be able to find or download it). Writes
+`<output_dir>/<run name>/trials.csv` and `val_accuracy_vs_rho.png`, next to
+KerasTuner's files, and prints the trials and the winner.
+"""
+
+import csv
+import functools
+import os
+import warnings
+
+from absl import app
+from absl import flags
+
+import keras
+import numpy as np
+
+from keras_sam import datasets
+from keras_sam import noise
+from keras_sam import tuner
+
+def define_flags(flag_values=flags.FLAGS):
+    """Defines this tool's flags (only when run, so imports never clash)."""
+    kw = {"flag_values": flag_values}
+    flags.DEFINE_enum("search", None, ["grid", "bayesian"],
+                      "Grid or Bayesian search of rho.", **kw)
+    flags.DEFINE_string("output_dir", None,
+                        "Directory of the search and its results.", **kw)
+    flags.DEFINE_string("dataset", "digits",
+                        '"digits" or a tfds name such as "cifar10".', **kw)
+    flags.DEFINE_string("data_dir", None, "tfds data directory.", **kw)
+    flags.DEFINE_float("noise_rate", 0.0,
+                       "Symmetric label noise on the training part.", **kw)
+    flags.DEFINE_float("validation_fraction", 0.1,
+                       "Share of the training set held out, clean.", **kw)
+    flags.DEFINE_integer("trials", None, "Number of trials (default: the "
+                         "whole grid; 10 for Bayesian search).", **kw)
+    flags.DEFINE_list("rho_values", [str(r) for r in tuner.PAPER_GRID],
+                      "Grid of rho.", **kw)
+    flags.DEFINE_float("rho_min", tuner.BAYESIAN_RHO_RANGE[0],
+                       "Lower bound of Bayesian rho.", **kw)
+    flags.DEFINE_float("rho_max", tuner.BAYESIAN_RHO_RANGE[1],
+                       "Upper bound of Bayesian rho.", **kw)
+    flags.DEFINE_integer("epochs", 40, "Epochs per trial.", **kw)
+    flags.DEFINE_integer("batch_size", 32, "Batch size.", **kw)
+    flags.DEFINE_float("learning_rate", 0.05, "SGD learning rate.", **kw)
+    flags.DEFINE_float("momentum", 0.9, "SGD momentum.", **kw)
+    flags.DEFINE_enum("model", "mlp", ["mlp", "cnn"], "Architecture.", **kw)
+    flags.DEFINE_integer("hidden_units", 128, "Model width.", **kw)
+    flags.DEFINE_integer("seed", 0, "Seed of split, noise, weights.", **kw)
+    flags.DEFINE_bool("overwrite", False, "Discard a previous search "
+                      "instead of resuming it.", **kw)
+    flags.DEFINE_integer("verbose", 0, "KerasTuner verbosity.", **kw)
+    flags.mark_flags_as_required(["search", "output_dir"], **kw)
+
+
+def config_from_flags(flag_values=flags.FLAGS) -> dict:
+    """The parsed flags as the `config` of `search_and_report`."""
+    config = {name: flag_values[name].value for name in _CONFIG_KEYS}
+    config["rho_values"] = [float(r) for r in config["rho_values"]]
+    return config
+
+
+_CONFIG_KEYS = (
+    "search", "output_dir", "dataset", "data_dir", "noise_rate",
+    "validation_fraction", "trials", "rho_values", "rho_min", "rho_max",
+    "epochs", "batch_size", "learning_rate", "momentum", "model",
+    "hidden_units", "seed", "overwrite", "verbose",
+)
+
+
+def load_data(name: str, image: bool, data_dir=None, seed: int = 0):
+    """`(x_train, y_train, x_test, y_test, num_classes)` of a data set."""
+    if name == "digits":
+        data = datasets.load_digits(image=image, seed=seed)
+        return (*data.train, *data.test, data.num_classes)
+    import tensorflow_datasets as tfds
+
+    (train, test), info = tfds.load(
+        name,
+        split=["train", "test"],
+        as_supervised=True,
+        with_info=True,
+        data_dir=data_dir,
+    )
+    num_classes = info.features["label"].num_classes
+    return (*_to_numpy(train), *_to_numpy(test), num_classes)
+
+
+def _to_numpy(dataset):
+    """`(x, y)` arrays of a supervised tf.data data set."""
+    import tensorflow_datasets as tfds
+
+    xs, ys = [], []
+    for x, y in tfds.as_numpy(dataset.batch(4096)):
+        xs.append(x)
+        ys.append(y)
+    return np.concatenate(xs), np.concatenate(ys).astype("int32")
+
+
+def build_model(input_shape, num_classes, kind, hidden_units, uint8_inputs):
+    """A small MLP or CNN returning logits."""
+    layers = [keras.Input(input_shape)]
+    if uint8_inputs:
+        layers.append(keras.layers.Rescaling(1.0 / 255))
+    if kind == "cnn":
+        for filters in (hidden_units // 4, hidden_units // 2):
+            layers += [
+                keras.layers.Conv2D(filters, 3, padding="same",
+                                    activation="relu"),
+                keras.layers.MaxPooling2D(),
+            ]
+    layers += [
+        keras.layers.Flatten(),
+        keras.layers.Dense(hidden_units, activation="relu"),
+        keras.layers.Dense(hidden_units, activation="relu"),
+        keras.layers.Dense(num_classes),
+    ]
+    return keras.Sequential(layers)
+
+
+def run_name(config: dict) -> str:
+    """A directory name that encodes the search's hyperparameters."""
+    space = (
+        "rho" + "-".join(f"{float(r):g}" for r in config["rho_values"])
+        if config["search"] == "grid"
+        else f"rho{config['rho_min']:g}-{config['rho_max']:g}"
+    )
+    return (
+        f"{config['search']}_{config['dataset']}_noise{config['noise_rate']:g}"
+        f"_{space}_{config['model']}{config['hidden_units']}"
+        f"_lr{config['learning_rate']:g}_bs{config['batch_size']}"
+        f"_ep{config['epochs']}_seed{config['seed']}"
+    )
+
+
+def write_csv(rows, path):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot(rows, best, title, path):
+    """Validation accuracy against rho on a log axis, winner marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from matplotlib import ticker
+
+    done = sorted(
+        (r["rho"], r["score"]) for r in rows if r["score"] is not None
+    )
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(*zip(*done), "o-" if len(done) > 1 else "o", label="trials")
+    ax.plot([best.best_rho], [best.best_score], "r*", markersize=14,
+            label=f"best rho = {best.best_rho:.3g}")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    rhos = sorted({rho for rho, _ in done})
+    if len(rhos) <= 8:  # a grid: label its values
+        ax.set_xticks(rhos)
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    else:  # label 1, 2 and 5 times powers of ten
+        ax.xaxis.set_minor_locator(ticker.LogLocator(subs=(2.0, 5.0)))
+        ax.xaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
+    ax.set_xlabel("rho")
+    ax.set_ylabel("best validation accuracy (clean labels)")
+    ax.set_title(title, fontsize=7)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def format_table(rows) -> str:
+    def cell(value):
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return "-" if value is None else str(value)
+
+    columns = list(rows[0])
+    cells = [[cell(row[c]) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells))
+              for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def search_and_report(config: dict) -> tuner.SearchResult:
+    """Runs the search described by `config` and writes its results."""
+    keras.utils.set_random_seed(config["seed"])
+    x, y, x_test, y_test, num_classes = load_data(
+        config["dataset"], config["model"] == "cnn", config["data_dir"],
+        config["seed"],
+    )
+    label_noise = None
+    if config["noise_rate"] > 0:
+        label_noise = functools.partial(
+            noise.symmetric_noise,
+            rate=config["noise_rate"],
+            num_classes=num_classes,
+            seed=config["seed"],
+        )
+    hypermodel = tuner.SAMHyperModel(
+        functools.partial(
+            build_model, x.shape[1:], num_classes, config["model"],
+            config["hidden_units"], x.dtype == np.uint8,
+        ),
+        optimizer=keras.optimizers.SGD(
+            config["learning_rate"], momentum=config["momentum"]
+        ),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        seed=config["seed"],
+    )
+    name = run_name(config)
+    common = dict(
+        directory=config["output_dir"],
+        project_name=name,
+        max_trials=config["trials"],
+        epochs=config["epochs"],
+        batch_size=config["batch_size"],
+        validation_fraction=config["validation_fraction"],
+        label_noise=label_noise,
+        seed=config["seed"],
+        overwrite=config["overwrite"],
+        verbose=config["verbose"],
+    )
+    if config["search"] == "grid":
+        result = tuner.grid_search(
+            hypermodel, x, y, rho_values=config["rho_values"], **common
+        )
+    else:
+        common["max_trials"] = config["trials"] or 10
+        result = tuner.bayesian_search(
+            hypermodel, x, y,
+            rho_range=(config["rho_min"], config["rho_max"]), **common
+        )
+    # Clean test accuracy of each trial's best-epoch checkpoint, for context.
+    for row in result.trials:
+        row["test_accuracy"] = None
+        if row["status"] == "COMPLETED":
+            trial = result.tuner.oracle.get_trial(row["trial_id"])
+            with warnings.catch_warnings():  # optimizer state is not needed
+                warnings.simplefilter("ignore", UserWarning)
+                model = result.tuner.load_model(trial)
+            row["test_accuracy"] = float(
+                model.evaluate(x_test, y_test, verbose=0,
+                               return_dict=True)["accuracy"]
+            )
+    out_dir = result.tuner.project_dir
+    write_csv(result.trials, os.path.join(out_dir, "trials.csv"))
+    plot(result.trials, result, name, os.path.join(
+        out_dir, "val_accuracy_vs_rho.png"))
+    print(format_table(result.trials))
+    print(
+        f"best rho = {result.best_rho:.4g} (validation accuracy "
+        f"{result.best_score:.4f}, hyperparameters "
+        f"{result.best_hyperparameters}); results in {out_dir}"
+    )
+    return result
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    search_and_report(config_from_flags())
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
