@@ -281,7 +281,7 @@ class SAMModel(keras.Model):
         return sam_grads, y_pred, new_non_trainable, stats
 
     def _grouped_sam_gradients(self, trainable, non_trainable, batch, m):
-        """Algorithm 1 on each group of `m` examples, vectorised over groups."""
+        """Algorithm 1 on each group of `m` examples (see `sharding.map_groups`)."""
         groups = sharding.split_into_groups(batch, m)
         changed = []  # indices of the non-trainables the forward pass updates
 
@@ -299,7 +299,7 @@ class SAMModel(keras.Model):
             updates = [new_non_trainable[i] for i in changed]
             return grads, y_pred, updates, stats
 
-        grads, y_pred, updates, stats = tf.vectorized_map(one_group, groups)
+        grads, y_pred, updates, stats = sharding.map_groups(one_group, groups)
         grads = [tf.reduce_mean(g, axis=0) for g in grads]
         merged = list(non_trainable)
         for i, new in zip(changed, updates):
