@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 import keras_sam
-from keras_sam import bootstrap as bootstrap_module
+from keras_sam.bootstrap import bootstrap
+from keras_sam.bootstrap import reinitialize
+from keras_sam.bootstrap import relabel
 
 FIT = {"batch_size": 8, "epochs": 3, "shuffle": False, "verbose": 0}
 
@@ -50,7 +52,7 @@ def test_bootstrap_retrains_fresh_model_on_predictions(data, sam, how):
     x, y = data
     recorder = InitialWeights()
     source = build(sam) if how == "model" else (lambda: build(sam))
-    result = bootstrap_module.bootstrap(
+    result = bootstrap(
         source, x, y, callbacks=[recorder], **FIT
     )
     first, second = result.first, result.second
@@ -92,7 +94,7 @@ def test_relabel_keeps_one_hot_format(data):
     x, y = data
     model = build(sam=False)
     one_hot = np.eye(3, dtype="float32")[y]
-    labels = bootstrap_module.relabel(model, x, like=one_hot)
+    labels = relabel(model, x, like=one_hot)
     assert labels.shape == (32, 3) and labels.dtype == np.float32
     np.testing.assert_array_equal(labels.sum(axis=1), 1)
     np.testing.assert_array_equal(
@@ -102,7 +104,7 @@ def test_relabel_keeps_one_hot_format(data):
 
 def test_retrain_kwargs_override(data):
     x, y = data
-    result = bootstrap_module.bootstrap(
+    result = bootstrap(
         build(True), x, y, retrain_kwargs={"epochs": 1}, **FIT
     )
     assert len(result.first_history.history["loss"]) == 3
@@ -113,7 +115,7 @@ def test_build_fn_returning_the_same_model_is_rejected(data):
     x, y = data
     model = build(True)
     with pytest.raises(ValueError, match="shares weights"):
-        bootstrap_module.bootstrap(lambda: model, x, y, **FIT)
+        bootstrap(lambda: model, x, y, **FIT)
 
 
 def test_uncompiled_model_is_rejected(data):
@@ -121,4 +123,4 @@ def test_uncompiled_model_is_rejected(data):
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.Dense(3)(inputs))
     with pytest.raises(ValueError, match="not compiled"):
-        bootstrap_module.reinitialize(model)
+        reinitialize(model)
