@@ -1,11 +1,11 @@
 """keras_sam: Sharpness-Aware Minimization for Keras 3 on TensorFlow."""
 
+from keras_sam import bootstrap
 from keras_sam import callbacks
 from keras_sam import datasets
 from keras_sam import landscape
 from keras_sam import noise
 from keras_sam import schedules
-from keras_sam.bootstrap import bootstrap
 from keras_sam.callbacks import NoiseMonitor
 from keras_sam.callbacks import RhoScheduler
 from keras_sam.callbacks import SharpnessLogger

@@ -15,7 +15,9 @@ own local gradient (m-sharpness, section 4.1) and only `g_sam` is averaged
 across replicas, by the optimizer.
 """
 
+import dataclasses
 import math
+from typing import NamedTuple
 
 import keras
 import tensorflow as tf
@@ -24,6 +26,7 @@ from keras.src.models.functional import Functional
 
 from keras_sam import perturbation
 from keras_sam import sharding
+from keras_sam.options import SAMOptions
 
 
 def check_rho(rho) -> float:
@@ -108,19 +111,44 @@ class SAMModel(keras.Model):
             cls = FunctionalSAMModel
         return super().__new__(cls, *args, **kwargs)
 
-    def __init__(self, *args, rho=0.05, m=None, p=2.0, **kwargs):
+    def __init__(self, *args, rho=0.05, **kwargs):
+        names = {field.name for field in dataclasses.fields(SAMOptions)}
+        options = SAMOptions(
+            **{key: kwargs.pop(key) for key in list(kwargs) if key in names}
+        )
         rho = check_rho(rho)
-        m = sharding.check_m(m)
-        p = perturbation.check_p(p)
         super().__init__(*args, **kwargs)
-        self.m = m
-        self.p = p
+        self.sam_options = options
         self._initial_rho = rho
         self.rho = keras.Variable(
             rho, dtype="float32", trainable=False, name="rho"
         )
         self.grad_norm_tracker = keras.metrics.Mean(name="grad_norm")
         self.sharpness_tracker = keras.metrics.Mean(name="sharpness")
+
+    def compile(self, *args, **kwargs):
+        super().compile(*args, **kwargs)
+        rule = self.sam_options.gradient_rule
+        if rule != "sam":
+            config = getattr(self.loss, "get_config", dict)()
+            if not config.get("from_logits", False):
+                raise ValueError(
+                    f"gradient_rule={rule!r} splits each gradient into "
+                    "dloss/dlogits and dlogits/dw, so the model must output "
+                    "logits and the loss must take them: compile with e.g. "
+                    "keras.losses.SparseCategoricalCrossentropy("
+                    f"from_logits=True). Received: loss={self.loss!r}"
+                )
+
+    @property
+    def m(self):
+        """Examples per perturbation group (None: each replica's batch)."""
+        return self.sam_options.m
+
+    @property
+    def p(self):
+        """The norm of the perturbation ball."""
+        return self.sam_options.p
 
     @classmethod
     def from_model(cls, model, input_shape=None, **sam_kwargs):
@@ -160,7 +188,7 @@ class SAMModel(keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"rho": self._initial_rho, "m": self.m, "p": self.p})
+        config.update({"rho": self._initial_rho, **self.sam_options.get_config()})
         return config
 
     # ------------------------------------------------------------------ step
@@ -172,38 +200,66 @@ class SAMModel(keras.Model):
         batch = {"x": x, "y": y, "sample_weight": sample_weight}
         batch = {k: v for k, v in batch.items() if v is not None}
 
-        group_size = self._group_size(batch)
-        if group_size is None:
-            result = self._sam_gradients(trainable, non_trainable, batch)
+        def sam_step():
+            return self._replica_gradients(trainable, non_trainable, batch)
+
+        def base_step():  # one pass at w: the base optimizer's gradient
+            first = self._evaluate(trainable, non_trainable, batch)
+            stats = self._stats(first, first, sam_weight=0.0)
+            return first.grads, first.y_pred, first.updates, stats
+
+        every = self.sam_options.sam_every
+        if every == 1:
+            grads, y_pred, updates, stats = sam_step()
         else:
-            result = self._grouped_sam_gradients(
-                trainable, non_trainable, batch, group_size
+            is_sam_step = tf.equal(self.optimizer.iterations % every, 0)
+            grads, y_pred, updates, stats = tf.cond(
+                is_sam_step, sam_step, base_step
             )
-        grads, y_pred, new_non_trainable, stats = result
 
         self.optimizer.apply(grads, self.trainable_variables)
-        for variable, old, new in zip(
-            self.non_trainable_variables, non_trainable, new_non_trainable
-        ):
-            if new is not old:
-                variable.assign(new)
-
+        for i, value in updates.items():
+            self.non_trainable_variables[i].assign(value)
         self._loss_tracker.update_state(
             stats["loss"], sample_weight=sharding.batch_size(x)
         )
         self.grad_norm_tracker.update_state(stats["grad_norm"])
-        self.sharpness_tracker.update_state(stats["loss_perturbed"] - stats["loss"])
+        self.sharpness_tracker.update_state(
+            stats["loss_perturbed"] - stats["loss"],
+            sample_weight=stats["sam_weight"],
+        )
         if self._compile_loss is not None and self._compile_loss.metrics:
             # Per-output loss trackers of multi-output models (losses are
             # computed statelessly above, so they are updated here, at w).
             self._compile_loss(y, y_pred, sample_weight)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
+    def _replica_gradients(self, trainable, non_trainable, batch):
+        """The SAM step on this replica's batch, whole or in groups of m."""
+        m = self._group_size(batch)
+        if m is None:
+            return self._sam_gradients(trainable, non_trainable, batch)
+        groups = sharding.split_into_groups(batch, m)
+        grads, y_pred, updates, stats = sharding.map_groups(
+            lambda group: self._sam_gradients(trainable, non_trainable, group),
+            groups,
+        )
+        # BatchNormalization statistics: the mean over groups; integer state
+        # such as a dropout seed is the same in every group.
+        updates = {
+            i: tf.reduce_mean(v, axis=0) if v.dtype.is_floating else v[0]
+            for i, v in updates.items()
+        }
+        grads = [tf.reduce_mean(g, axis=0) for g in grads]
+        stats = {k: tf.reduce_mean(v) for k, v in stats.items()}
+        return grads, sharding.merge_groups(y_pred), updates, stats
+
     def _group_size(self, batch):
         """The `m` to split by, or None when the whole batch is one group."""
-        if self.m is None:
+        m = self.sam_options.m
+        if m is None:
             return None
-        if self.m == 1:
+        if m == 1:
             for layer in self._flatten_layers(include_self=False):
                 if isinstance(layer, keras.layers.BatchNormalization):
                     raise ValueError(
@@ -212,15 +268,115 @@ class SAMModel(keras.Model):
                         "model with LayerNormalization or GroupNormalization "
                         "(as Baek et al. do), or m >= 2."
                     )
-        if sharding.batch_size(batch) == self.m:
+        if sharding.batch_size(batch) == m:
             return None
-        return self.m
+        return m
+
+    def _sam_gradients(self, trainable, non_trainable, batch):
+        """One group's descent gradient: Algorithm 1 and its variants."""
+        options = self.sam_options
+        if options.second_order:
+            return self._second_order_gradients(trainable, non_trainable, batch)
+        both_factors = options.gradient_rule != "sam"
+        first = self._evaluate(trainable, non_trainable, batch, both_factors)
+        eps = self._perturbation(trainable, non_trainable, batch, first.grads)
+        perturbed = [w + tf.cast(e, w.dtype) for w, e in zip(trainable, eps)]
+        # Same non-trainable values as the first pass: the same dropout mask,
+        # and the BatchNormalization statistics of this pass are discarded.
+        second = self._evaluate(perturbed, non_trainable, batch, both_factors)
+        if options.gradient_rule == "sam":
+            grads = second.grads
+        elif options.gradient_rule == "jacobian":  # df/dw at w + eps
+            grads = second.vector_jacobian_product(first.output_grads)
+        else:  # "logit": dl/df at w + eps, df/dw at w
+            grads = first.vector_jacobian_product(second.output_grads)
+        return grads, first.y_pred, first.updates, self._stats(first, second)
+
+    def _second_order_gradients(self, trainable, non_trainable, batch):
+        """d/dw L(w + eps(w)), through eps (Foret et al. appendix C.4)."""
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(trainable)
+            first = self._evaluate(trainable, non_trainable, batch)
+            eps = perturbation.dual_vector(
+                first.grads, self.rho, self.sam_options.p
+            )
+            perturbed = [
+                w + tf.cast(e, w.dtype) for w, e in zip(trainable, eps)
+            ]
+            loss, _, _, _ = self._loss(perturbed, non_trainable, batch)
+            scaled_loss = self.optimizer.scale_loss(loss)
+        grads = _zeros_for_none(tape.gradient(scaled_loss, trainable), trainable)
+        second = _Evaluation(loss, None, {}, grads, None, None)
+        return grads, first.y_pred, first.updates, self._stats(first, second)
+
+    def _perturbation(self, trainable, non_trainable, batch, grads):
+        """eps: random, or by (projected) gradient ascent in the chosen ball.
+
+        The ascent runs in coordinates u with eps = T u, where T is ASAM's
+        |w| + eta (1 without `adaptive`), times the Sparse SAM mask.
+        """
+        options = self.sam_options
+        if options.perturbation == "random":
+            z = perturbation.random_directions(
+                [w.shape for w in trainable], self._step_seed()
+            )
+            return perturbation.dual_vector(z, self.rho, 2.0)
+        scale = [tf.ones(w.shape, tf.float32) for w in trainable]
+        if options.adaptive:
+            scale = perturbation.adaptive_scale(trainable, options.eta)
+        if options.perturbed_fraction < 1.0:
+            mask = self._mask(grads)
+            scale = [t * k for t, k in zip(scale, mask)]
+
+        def ascent_direction(g):
+            scaled = [tf.cast(gi, tf.float32) * t for gi, t in zip(g, scale)]
+            return perturbation.dual_vector(scaled, self.rho, options.p)
+
+        u = ascent_direction(grads)
+        for _ in range(options.ascent_steps - 1):
+            point = [
+                w + tf.cast(ui * t, w.dtype)
+                for w, ui, t in zip(trainable, u, scale)
+            ]
+            g = self._evaluate(point, non_trainable, batch).grads
+            step = ascent_direction(g)
+            u = perturbation.project(
+                [a + b for a, b in zip(u, step)], self.rho, options.p
+            )
+        return [ui * t for ui, t in zip(u, scale)]
+
+    def _mask(self, grads):
+        """Sparse SAM's 0/1 mask over all weights."""
+        options = self.sam_options
+        if options.mask == "fisher":
+            scores = [tf.square(tf.cast(g, tf.float32)) for g in grads]
+        else:
+            period = self.optimizer.iterations // options.mask_update_every
+            seed = tf.stack([options.seed, tf.cast(period, tf.int32)])
+            scores = perturbation.random_directions([g.shape for g in grads], seed)
+        return perturbation.top_fraction_mask(scores, options.perturbed_fraction)
+
+    def _step_seed(self):
+        """A stateless seed for this step and replica."""
+        seed = tf.stack(
+            [
+                self.sam_options.seed,
+                tf.cast(self.optimizer.iterations, tf.int32),
+            ]
+        )
+        replica = tf.distribute.get_replica_context()
+        if replica is not None:
+            seed = tf.random.experimental.stateless_fold_in(
+                seed, replica.replica_id_in_sync_group
+            )
+        return seed
 
     def _loss(self, trainable, non_trainable, batch):
         """The compiled loss at `trainable`, without touching any variable.
 
         Returns the loss (scaled for distribution, as Keras does), the
-        predictions and the non-trainable values after the forward pass.
+        predictions, the non-trainable values after the forward pass, and
+        the part of the loss added by the model itself (regularisers).
         """
         kwargs = {"training": True} if self._call_has_training_arg else {}
         y_pred, non_trainable, losses = self.stateless_call(
@@ -240,76 +396,58 @@ class SAMModel(keras.Model):
             training=True,
         )
         self._losses_override = []
-        return loss, y_pred, non_trainable
+        own_losses = [self._aggregate_additional_loss(l) for l in losses]
+        return loss, y_pred, non_trainable, own_losses
 
-    def _gradient(self, trainable, non_trainable, batch):
-        """Loss, outputs, new non-trainables and float32 gradient at a point."""
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
+    def _evaluate(self, trainable, non_trainable, batch, output_grads=False):
+        """Loss, outputs and gradient at one point, as an `_Evaluation`."""
+        with tf.GradientTape(
+            watch_accessed_variables=False, persistent=output_grads
+        ) as tape:
             tape.watch(trainable)
-            loss, y_pred, new_non_trainable = self._loss(
+            loss, y_pred, new_non_trainable, own_losses = self._loss(
                 trainable, non_trainable, batch
             )
             scaled_loss = self.optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled_loss, trainable)
-        grads = [
-            tf.zeros_like(w) if g is None else g
-            for g, w in zip(grads, trainable)
-        ]
-        return loss, y_pred, new_non_trainable, grads
-
-    def _sam_gradients(self, trainable, non_trainable, batch):
-        """Algorithm 1 on one group of examples (a replica's batch or m)."""
-        loss, y_pred, new_non_trainable, grads = self._gradient(
-            trainable, non_trainable, batch
-        )
-        eps = perturbation.dual_vector(grads, self.rho, self.p)
-        perturbed = [
-            w + tf.cast(e, w.dtype) for w, e in zip(trainable, eps)
-        ]
-        # Same non-trainable values as the first pass: the same dropout mask,
-        # and the BatchNormalization statistics of this pass are discarded.
-        loss_perturbed, _, _, sam_grads = self._gradient(
-            perturbed, non_trainable, batch
-        )
-        stats = {
-            "loss": loss_module.unscale_loss_for_distribution(loss),
-            "loss_perturbed": loss_module.unscale_loss_for_distribution(
-                loss_perturbed
-            ),
-            "grad_norm": self._unscaled_norm(grads),
+        if output_grads:
+            tape.watch(y_pred)
+            outputs = tf.nest.flatten(y_pred)
+            grads = tape.gradient(scaled_loss, [trainable, outputs])
+            grads, outputs_grads = grads
+        else:
+            grads, outputs_grads = tape.gradient(scaled_loss, trainable), None
+        grads = _zeros_for_none(grads, trainable)
+        updates = {
+            i: new
+            for i, (new, old) in enumerate(zip(new_non_trainable, non_trainable))
+            if new is not old
         }
-        return sam_grads, y_pred, new_non_trainable, stats
 
-    def _grouped_sam_gradients(self, trainable, non_trainable, batch, m):
-        """Algorithm 1 on each group of `m` examples (see `sharding.map_groups`)."""
-        groups = sharding.split_into_groups(batch, m)
-        changed = []  # indices of the non-trainables the forward pass updates
-
-        def one_group(group):
-            grads, y_pred, new_non_trainable, stats = self._sam_gradients(
-                trainable, non_trainable, group
-            )
-            changed[:] = [
-                i
-                for i, (new, old) in enumerate(
-                    zip(new_non_trainable, non_trainable)
+        def vector_jacobian_product(cotangents):
+            """grad of <cotangents, f> + the model's own losses, here."""
+            with tape:
+                surrogate = tf.add_n(
+                    [
+                        tf.reduce_sum(tf.stop_gradient(c) * tf.cast(o, c.dtype))
+                        for c, o in zip(cotangents, outputs)
+                    ]
+                    + [self.optimizer.scale_loss(l) for l in own_losses]
                 )
-                if new is not old
-            ]
-            updates = [new_non_trainable[i] for i in changed]
-            return grads, y_pred, updates, stats
+            return _zeros_for_none(tape.gradient(surrogate, trainable), trainable)
 
-        grads, y_pred, updates, stats = sharding.map_groups(one_group, groups)
-        grads = [tf.reduce_mean(g, axis=0) for g in grads]
-        merged = list(non_trainable)
-        for i, new in zip(changed, updates):
-            # BatchNormalization statistics: the mean over groups; integer
-            # state such as a dropout seed is the same in every group.
-            merged[i] = (
-                tf.reduce_mean(new, axis=0) if new.dtype.is_floating else new[0]
-            )
-        stats = {k: tf.reduce_mean(v) for k, v in stats.items()}
-        return grads, sharding.merge_groups(y_pred), merged, stats
+        return _Evaluation(
+            loss, y_pred, updates, grads, outputs_grads, vector_jacobian_product
+        )
+
+    def _stats(self, first, second, sam_weight=1.0):
+        return {
+            "loss": loss_module.unscale_loss_for_distribution(first.loss),
+            "loss_perturbed": loss_module.unscale_loss_for_distribution(
+                second.loss
+            ),
+            "grad_norm": self._unscaled_norm(first.grads),
+            "sam_weight": tf.constant(sam_weight, tf.float32),
+        }
 
     def _unscaled_norm(self, grads):
         """||g|| of the true local gradient (undo loss and replica scaling)."""
@@ -318,6 +456,22 @@ class SAMModel(keras.Model):
         if scale is not None:
             norm = norm / tf.cast(scale, tf.float32)
         return loss_module.unscale_loss_for_distribution(norm)
+
+
+class _Evaluation(NamedTuple):
+    """What one pass at a point gives: see `SAMModel._evaluate`."""
+
+    loss: tf.Tensor
+    y_pred: object
+    updates: dict  # index -> new value of the non-trainables it changed
+    grads: list
+    output_grads: object  # dl/d(outputs), only when asked for
+    vector_jacobian_product: object
+
+
+def _zeros_for_none(grads, weights) -> list:
+    """Zeros for weights the loss does not depend on (gradient None)."""
+    return [tf.zeros_like(w) if g is None else g for g, w in zip(grads, weights)]
 
 
 def _is_functional_call(args, kwargs) -> bool:

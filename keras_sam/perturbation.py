@@ -104,3 +104,73 @@ def dual_vector(grads: Sequence[tf.Tensor], rho, p: float = 2.0) -> list:
     return [
         tf.where(finite, rho * d, tf.zeros_like(d)) for d in directions
     ]
+
+
+def project(eps: Sequence[tf.Tensor], rho, p: float) -> list:
+    """Projects `eps` onto the ball ||eps||_p <= rho (p = 2 or inf).
+
+    >>> [float(e) for e in project([tf.constant([3.0, 4.0])], 1.0, 2.0)[0]]
+    [0.6000000238418579, 0.800000011920929]
+    """
+    rho = tf.cast(rho, tf.float32)
+    if math.isinf(p):
+        return [tf.clip_by_value(e, -rho, rho) for e in eps]
+    if p != 2.0:
+        raise ValueError(
+            f"Projection is implemented for p=2 and p=inf. Received: p={p}"
+        )
+    norm = global_norm(eps, 2.0)
+    scale = tf.minimum(1.0, rho / (norm + NORM_EPSILON))
+    return [e * scale for e in eps]
+
+
+def adaptive_scale(weights: Sequence[tf.Tensor], eta: float) -> list:
+    """ASAM's T_w: |w| + eta for kernels (rank >= 2), 1 for the rest.
+
+    Biases and normalisation parameters (rank <= 1) are not adapted, as in
+    Kwon et al.'s official implementation, which scales only "weight"
+    tensors: their magnitude says little about their sensitivity.
+
+    >>> [t.numpy().tolist() for t in adaptive_scale(
+    ...     [tf.constant([[-2.0]]), tf.constant([5.0])], eta=0.5)]
+    [[[2.5]], [1.0]]
+
+    References:
+        Kwon et al., "ASAM: Adaptive Sharpness-Aware Minimization for
+        Scale-Invariant Learning of Deep Neural Networks", ICML 2021, eq. 10.
+    """
+    return [
+        tf.abs(tf.cast(w, tf.float32)) + eta
+        if len(w.shape) >= 2
+        else tf.ones(w.shape, tf.float32)
+        for w in weights
+    ]
+
+
+def random_directions(shapes: Sequence, seed: tf.Tensor) -> list:
+    """Standard normal tensors of `shapes`, from a stateless `seed` pair."""
+    seeds = tf.random.experimental.stateless_split(seed, num=len(shapes))
+    return [
+        tf.random.stateless_normal(shape, seeds[i], dtype=tf.float32)
+        for i, shape in enumerate(shapes)
+    ]
+
+
+def top_fraction_mask(scores: Sequence[tf.Tensor], fraction: float) -> list:
+    """1.0 where a score is among the largest `fraction` of all scores.
+
+    Used for Sparse SAM: the scores are squared gradients (a diagonal
+    empirical Fisher information) or uniform noise for a random mask.
+
+    >>> [m.numpy().tolist() for m in top_fraction_mask(
+    ...     [tf.constant([1.0, 4.0]), tf.constant([3.0, 2.0])], 0.5)]
+    [[0.0, 1.0], [1.0, 0.0]]
+
+    References:
+        Mi et al., "Make Sharpness-Aware Minimization Stronger: A Sparsified
+        Perturbation Approach", NeurIPS 2022, section 3.
+    """
+    flat = tf.concat([tf.reshape(tf.cast(s, tf.float32), [-1]) for s in scores], 0)
+    count = max(int(round(fraction * flat.shape[0])), 1)
+    threshold = tf.math.top_k(flat, k=count).values[-1]
+    return [tf.cast(tf.cast(s, tf.float32) >= threshold, tf.float32) for s in scores]

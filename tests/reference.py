@@ -46,7 +46,8 @@ def loss(weights, x, y, sample_weight=None):
     if sample_weight is not None:
         per_example = per_example * sample_weight
     # Keras' "sum_over_batch_size": divide by the batch size.
-    data_loss = tf.reduce_sum(per_example) / tf.cast(tf.shape(x)[0], tf.float32)
+    n = tf.cast(tf.shape(x)[0], per_example.dtype)
+    data_loss = tf.reduce_sum(per_example) / n
     return data_loss + L2 * tf.reduce_sum(tf.square(kernel1))
 
 

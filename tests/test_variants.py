@@ -1,0 +1,292 @@
+"""Each SAM variant's step against a hand computation of its formula."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_sam
+from tests import reference
+from tests.test_model import LEARNING_RATE
+from tests.test_model import RHO
+from tests.test_model import assert_weights_close
+from tests.test_model import build
+from tests.test_model import initial_weights
+from tests.test_model import weights_of
+
+
+def one_step(**sam_kwargs):
+    x, y = reference.tiny_data()
+    model = build(rho=RHO, **sam_kwargs)
+    model.fit(x, y, batch_size=len(y), shuffle=False, verbose=0)
+    return model, x, y
+
+
+def descend(grads):
+    return reference.sgd_update(initial_weights(), grads, LEARNING_RATE)
+
+
+def flat_norm(tensors, ord=2):
+    return np.linalg.norm(
+        np.concatenate([np.ravel(np.asarray(t)) for t in tensors]), ord=ord
+    )
+
+
+def test_p_inf_perturbs_by_rho_times_the_sign():
+    model, x, y = one_step(p=float("inf"))
+    w = initial_weights()
+    g = reference.gradient(w, x, y)
+    eps = [RHO * np.sign(gi) for gi in g]
+    g_sam = reference.gradient([a + b for a, b in zip(w, eps)], x, y)
+    assert_weights_close(weights_of(model), descend(g_sam))
+
+
+def test_p3_uses_the_dual_exponent():
+    model, x, y = one_step(p=3.0)
+    w = initial_weights()
+    g = [np.asarray(gi, np.float64) for gi in reference.gradient(w, x, y)]
+    q = 1.5  # 1/3 + 1/q = 1
+    denominator = sum(np.sum(np.abs(gi) ** q) for gi in g) ** (1 / 3)
+    eps = [RHO * np.sign(gi) * np.abs(gi) ** (q - 1) / denominator for gi in g]
+    g_sam = reference.gradient(
+        [a + b.astype("float32") for a, b in zip(w, eps)], x, y
+    )
+    assert_weights_close(weights_of(model), descend(g_sam))
+
+
+def test_plain_options_reduce_exactly_to_sam():
+    explicit, _, _ = one_step(
+        p=2.0, ascent_steps=1, adaptive=False, perturbed_fraction=1.0
+    )
+    plain, x, y = one_step()
+    assert_weights_close(weights_of(explicit), weights_of(plain), atol=0)
+
+
+def test_asam_scales_kernels_by_their_magnitude():
+    eta = 0.01
+    model, x, y = one_step(adaptive=True, eta=eta)
+    w = initial_weights()
+    g = reference.gradient(w, x, y)
+    # Kernels (rank 2) get T = |w| + eta; biases T = 1.
+    t = [np.abs(wi) + eta if wi.ndim == 2 else np.ones_like(wi) for wi in w]
+    tg_norm = flat_norm([ti * gi for ti, gi in zip(t, g)])
+    eps = [RHO * ti**2 * gi / tg_norm for ti, gi in zip(t, g)]
+    g_sam = reference.gradient([a + b for a, b in zip(w, eps)], x, y)
+    assert_weights_close(weights_of(model), descend(g_sam))
+
+
+@pytest.mark.parametrize("p", [2.0, float("inf")])
+def test_two_ascent_steps_project_onto_the_ball(p):
+    model, x, y = one_step(ascent_steps=2, p=p)
+    w = initial_weights()
+
+    def dual(g):
+        if np.isinf(p):
+            return [RHO * np.sign(gi) for gi in g]
+        return [RHO * gi / flat_norm(g) for gi in g]
+
+    u = dual(reference.gradient(w, x, y))
+    g1 = reference.gradient([a + b for a, b in zip(w, u)], x, y)
+    u = [a + b for a, b in zip(u, dual(g1))]
+    if np.isinf(p):
+        u = [np.clip(ui, -RHO, RHO) for ui in u]
+    else:
+        u = [ui * min(1.0, RHO / flat_norm(u)) for ui in u]
+    g_sam = reference.gradient([a + b for a, b in zip(w, u)], x, y)
+    assert_weights_close(weights_of(model), descend(g_sam))
+
+
+def test_random_perturbation_has_norm_rho_and_ignores_the_gradient():
+    x, y = reference.tiny_data()
+    model = build(rho=RHO, perturbation="random", seed=3)
+    trainable = [v.value for v in model.trainable_variables]
+    batch = {"x": tf.constant(x), "y": tf.constant(y)}
+    eps = model._perturbation(trainable, [], batch, grads=None)
+    np.testing.assert_allclose(flat_norm(eps), RHO, rtol=1e-5)
+    model.fit(x, y, batch_size=len(y), shuffle=False, verbose=0)
+    w = initial_weights()
+    g_sam = reference.gradient([a + b for a, b in zip(w, eps)], x, y)
+    assert_weights_close(weights_of(model), descend(g_sam))
+    other = build(rho=RHO, perturbation="random", seed=4)
+    other_eps = other._perturbation(trainable, [], batch, grads=None)
+    assert not np.allclose(flat_norm([a - b for a, b in zip(eps, other_eps)]), 0)
+
+
+def test_fisher_sparse_sam_perturbs_the_largest_squared_gradients():
+    fraction = 0.25
+    model, x, y = one_step(perturbed_fraction=fraction, mask="fisher")
+    w = initial_weights()
+    g = reference.gradient(w, x, y)
+    scores = np.concatenate([np.ravel(gi) ** 2 for gi in g])
+    k = int(round(fraction * scores.size))
+    threshold = np.sort(scores)[-k]
+    masked = [np.where(np.asarray(gi) ** 2 >= threshold, gi, 0.0) for gi in g]
+    eps = [RHO * gi / flat_norm(masked) for gi in masked]
+    assert sum(int(np.count_nonzero(e)) for e in eps) == k
+    g_sam = reference.gradient(
+        [a + b.astype("float32") for a, b in zip(w, eps)], x, y
+    )
+    assert_weights_close(weights_of(model), descend(g_sam))
+
+
+def test_second_order_gradient_matches_finite_differences():
+    x, y = reference.tiny_data()
+    model = build(rho=RHO, second_order=True)
+    model.compile(optimizer=keras.optimizers.SGD(1.0), loss=model.loss)
+    model.fit(x, y, batch_size=len(y), shuffle=False, verbose=0)
+    gradient = [a - b for a, b in zip(initial_weights(), weights_of(model))]
+
+    # F(w) = L(w + rho g(w) / ||g(w)||), differentiated numerically in
+    # float64 along random directions.
+    x64 = tf.constant(x, tf.float64)
+
+    def objective(weights):
+        weights = [tf.constant(v, tf.float64) for v in weights]
+        with tf.GradientTape() as tape:
+            tape.watch(weights)
+            value = reference.loss(weights, x64, y)
+        g = tape.gradient(value, weights)
+        norm = tf.sqrt(sum(tf.reduce_sum(gi**2) for gi in g))
+        perturbed = [a + RHO * b / norm for a, b in zip(weights, g)]
+        return float(reference.loss(perturbed, x64, y))
+
+    rng = np.random.default_rng(0)
+    w = [v.astype(np.float64) for v in initial_weights()]
+    h = 1e-5
+    for _ in range(3):
+        d = [rng.normal(size=v.shape) for v in w]
+        plus = objective([a + h * b for a, b in zip(w, d)])
+        minus = objective([a - h * b for a, b in zip(w, d)])
+        numeric = (plus - minus) / (2 * h)
+        analytic = sum(float(np.sum(a * b)) for a, b in zip(gradient, d))
+        np.testing.assert_allclose(analytic, numeric, rtol=2e-3, atol=1e-5)
+    first_order = reference.sam_gradient(initial_weights(), x, y, RHO)
+    assert not np.allclose(
+        np.concatenate([np.ravel(a) for a in gradient]),
+        np.concatenate([np.ravel(np.asarray(a)) for a in first_order]),
+        atol=1e-4,
+    )
+
+
+def hybrid_gradient(rule, weights, x, y):
+    """L-SAM / J-SAM by hand for the reference network, one example."""
+    kernel1, bias1, kernel2, bias2 = [tf.constant(v) for v in weights]
+    w = [kernel1, bias1, kernel2, bias2]
+    g = reference.gradient(w, x, y)
+    eps = [RHO * gi / flat_norm(g) for gi in g]
+    perturbed = [a + b for a, b in zip(w, eps)]
+
+    def logits_of(v):
+        return tf.tanh(x @ v[0] + v[1]) @ v[2] + v[3]
+
+    def dloss_dlogits(v):
+        logits = logits_of(v)
+        # d mean CE / d logits = (softmax - onehot) / n
+        return (tf.nn.softmax(logits) - tf.one_hot(y, 3)) / len(y)
+
+    cotangent_point, jacobian_point = (
+        (perturbed, w) if rule == "logit" else (w, perturbed)
+    )
+    c = dloss_dlogits(cotangent_point)
+    with tf.GradientTape() as tape:
+        tape.watch(jacobian_point)
+        surrogate = tf.reduce_sum(c * logits_of(jacobian_point)) + (
+            reference.L2 * tf.reduce_sum(jacobian_point[0] ** 2)
+        )
+    return tape.gradient(surrogate, jacobian_point)
+
+
+@pytest.mark.parametrize("rule", ["logit", "jacobian"])
+def test_logit_and_jacobian_sam_per_example(rule):
+    x, y = reference.tiny_data(n=4)
+    model = build(rho=RHO, m=1, gradient_rule=rule)
+    model.fit(x, y, batch_size=4, shuffle=False, verbose=0)
+    per_example = [
+        hybrid_gradient(rule, initial_weights(), x[i : i + 1], y[i : i + 1])
+        for i in range(4)
+    ]
+    mean = [np.mean(parts, axis=0) for parts in zip(*per_example)]
+    assert_weights_close(weights_of(model), descend(mean))
+
+
+def linear_model(**sam_kwargs):
+    inputs = keras.Input((reference.INPUT_DIM,))
+    outputs = keras.layers.Dense(3, use_bias=False)(inputs)
+    model = keras_sam.SAMModel(inputs, outputs, rho=RHO, m=1, **sam_kwargs)
+    model.layers[-1].kernel.assign(initial_weights()[0][:, :3])
+    model.compile(
+        optimizer=keras.optimizers.SGD(LEARNING_RATE),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def test_for_a_linear_model_l_sam_is_1_sam_and_j_sam_is_sgd():
+    # With f linear in w, df/dw does not depend on where it is taken, so
+    # L-SAM (dl/df at w + eps) is 1-SAM, and J-SAM (dl/df at w) is SGD.
+    x, y = reference.tiny_data()
+    trained = {}
+    for name, kwargs in {
+        "1sam": {},
+        "logit": {"gradient_rule": "logit"},
+        "jacobian": {"gradient_rule": "jacobian"},
+        "sgd": {"rho": 0.0},
+    }.items():
+        kwargs = dict(kwargs)
+        model = linear_model(**{k: v for k, v in kwargs.items() if k != "rho"})
+        model.rho.assign(kwargs.get("rho", RHO))
+        model.fit(x, y, batch_size=8, shuffle=False, verbose=0)
+        trained[name] = weights_of(model)
+    assert_weights_close(trained["logit"], trained["1sam"])
+    assert_weights_close(trained["jacobian"], trained["sgd"])
+    with pytest.raises(AssertionError):
+        assert_weights_close(trained["1sam"], trained["sgd"], atol=1e-5)
+
+
+def test_hybrid_rules_need_a_logit_loss():
+    model = build(rho=RHO, m=1, gradient_rule="logit")
+    with pytest.raises(ValueError, match="from_logits=True"):
+        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+
+
+def test_sam_every_k_alternates_sam_and_base_steps():
+    x, y = reference.tiny_data()
+    model = build(rho=RHO, sam_every=2)
+    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    w = initial_weights()
+    w = reference.sgd_update(
+        w, reference.sam_gradient(w, x, y, RHO), LEARNING_RATE
+    )  # step 0: SAM
+    w = reference.sgd_update(
+        w, reference.gradient(w, x, y), LEARNING_RATE
+    )  # step 1: base optimizer
+    assert_weights_close(weights_of(model), w)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"eta": -1.0}, "`eta`"),
+        ({"ascent_steps": 0}, "`ascent_steps` must be an integer >= 1"),
+        ({"ascent_steps": 2, "p": 3.0}, "p=2 and p=inf"),
+        ({"perturbed_fraction": 0.0}, "`perturbed_fraction` must be in"),
+        ({"perturbed_fraction": 1.5}, "`perturbed_fraction` must be in"),
+        ({"mask": "magnitude"}, "`mask` must be one of"),
+        ({"perturbation": "noise"}, "`perturbation` must be one of"),
+        ({"gradient_rule": "both"}, "`gradient_rule` must be one of"),
+        ({"sam_every": 0}, "`sam_every` must be an integer >= 1"),
+        ({"second_order": True, "ascent_steps": 2}, "cannot be combined"),
+        ({"perturbation": "random", "second_order": True}, "random"),
+    ],
+)
+def test_bad_variant_options_raise_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build(**kwargs)
+
+
+def test_variant_options_survive_a_keras_round_trip(tmp_path):
+    model, x, _ = one_step(adaptive=True, eta=0.2, ascent_steps=3, sam_every=2)
+    path = str(tmp_path / "variant.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.sam_options == model.sam_options
