@@ -126,20 +126,6 @@ class SAMModel(keras.Model):
         self.grad_norm_tracker = keras.metrics.Mean(name="grad_norm")
         self.sharpness_tracker = keras.metrics.Mean(name="sharpness")
 
-    def compile(self, *args, **kwargs):
-        super().compile(*args, **kwargs)
-        rule = self.sam_options.gradient_rule
-        if rule != "sam":
-            config = getattr(self.loss, "get_config", dict)()
-            if not config.get("from_logits", False):
-                raise ValueError(
-                    f"gradient_rule={rule!r} splits each gradient into "
-                    "dloss/dlogits and dlogits/dw, so the model must output "
-                    "logits and the loss must take them: compile with e.g. "
-                    "keras.losses.SparseCategoricalCrossentropy("
-                    f"from_logits=True). Received: loss={self.loss!r}"
-                )
-
     @property
     def m(self):
         """Examples per perturbation group (None: each replica's batch)."""
@@ -236,6 +222,7 @@ class SAMModel(keras.Model):
 
     def _replica_gradients(self, trainable, non_trainable, batch):
         """The SAM step on this replica's batch, whole or in groups of m."""
+        self._check_logit_loss()
         m = self._group_size(batch)
         if m is None:
             return self._sam_gradients(trainable, non_trainable, batch)
@@ -253,6 +240,19 @@ class SAMModel(keras.Model):
         grads = [tf.reduce_mean(g, axis=0) for g in grads]
         stats = {k: tf.reduce_mean(v) for k, v in stats.items()}
         return grads, sharding.merge_groups(y_pred), updates, stats
+
+    def _check_logit_loss(self):
+        """L-SAM and J-SAM split gradients at the logits: they need them."""
+        rule = self.sam_options.gradient_rule
+        config = getattr(self.loss, "get_config", dict)()
+        if rule != "sam" and not config.get("from_logits", False):
+            raise ValueError(
+                f"gradient_rule={rule!r} splits each gradient into "
+                "dloss/dlogits and dlogits/dw, so the model must output "
+                "logits and the loss must take them: compile with e.g. "
+                "keras.losses.SparseCategoricalCrossentropy("
+                f"from_logits=True). Received: loss={self.loss!r}"
+            )
 
     def _group_size(self, batch):
         """The `m` to split by, or None when the whole batch is one group."""

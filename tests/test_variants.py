@@ -245,8 +245,10 @@ def test_for_a_linear_model_l_sam_is_1_sam_and_j_sam_is_sgd():
 
 def test_hybrid_rules_need_a_logit_loss():
     model = build(rho=RHO, m=1, gradient_rule="logit")
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    x, y = reference.tiny_data()
     with pytest.raises(ValueError, match="from_logits=True"):
-        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+        model.fit(x, y, batch_size=8, verbose=0)
 
 
 def test_sam_every_k_alternates_sam_and_base_steps():
