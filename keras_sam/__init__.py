@@ -5,6 +5,7 @@ from keras_sam import callbacks
 from keras_sam import datasets
 from keras_sam import landscape
 from keras_sam import noise
+from keras_sam import regularization
 from keras_sam import schedules
 from keras_sam.callbacks import NoiseMonitor
 from keras_sam.callbacks import RhoScheduler
@@ -17,6 +18,7 @@ from keras_sam.landscape import interpolate
 from keras_sam.landscape import random_slice_1d
 from keras_sam.landscape import random_slice_2d
 from keras_sam.model import SAMModel
+from keras_sam.regularization import regularized_sgd_model
 from keras_sam.sharpness import m_sharpness
 from keras_sam.tuner import bayesian_search
 from keras_sam.tuner import grid_search
@@ -42,6 +44,8 @@ __all__ = [
     "noise",
     "random_slice_1d",
     "random_slice_2d",
+    "regularization",
+    "regularized_sgd_model",
     "schedules",
     "top_hessian_eigenvalues",
 ]
