@@ -60,17 +60,19 @@ class SAMModel(keras.Model):
             non-trainable variable `model.rho`, which callbacks may assign
             between steps without retracing, and which is saved with the
             model. 0 reproduces the base optimizer. Defaults to 0.05.
-        m: Integer or None, examples per perturbation group. None (default)
-            perturbs with the gradient of each replica's whole batch; a
-            smaller `m` splits each replica's batch into groups of `m`
-            examples with one perturbation each, and descends along the mean
-            of the groups' SAM gradients. `m=1` is per-example "1-SAM". The
-            groups are vectorised (`tf.vectorized_map`), not a Python loop.
-            The per-replica batch must be divisible by `m` (batch with
-            `drop_remainder=True`), and `m=1` refuses BatchNormalization.
-        p: Float > 1 or `float("inf")`, the norm of the perturbation ball
-            (eq. 2). 2 (default) gives eps = rho g / ||g||_2; inf gives
-            eps = rho sign(g).
+        m, p, perturbation, adaptive, eta, ascent_steps, second_order,
+            gradient_rule, perturbed_fraction, mask, mask_update_every,
+            sam_every, seed: the variant of the step, see
+            `keras_sam.options.SAMOptions`. The defaults are Algorithm 1:
+            `m=None` perturbs with the gradient of each replica's whole
+            batch; `m` splits each replica's batch into groups of `m`
+            examples with one eps each and descends along the mean of the
+            groups' SAM gradients (`m=1` is per-example 1-SAM), vectorised
+            over groups. The per-replica batch must be divisible by `m`
+            (batch with `drop_remainder=True`), and `m=1` refuses
+            BatchNormalization. `p` is the norm of the ball (eq. 2). A random
+            perturbation is drawn once per step and replica (shared by its
+            groups).
         **kwargs: Passed to `keras.Model`.
 
     The loss and metrics reported by `fit` are measured at w, in the first
