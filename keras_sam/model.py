@@ -23,6 +23,7 @@ import keras
 import tensorflow as tf
 from keras.src.losses import loss as loss_module
 from keras.src.models.functional import Functional
+from keras.src.saving import object_registration
 
 from keras_sam import perturbation
 from keras_sam import sharding
@@ -105,12 +106,12 @@ class SAMModel(keras.Model):
     """
 
     def __new__(cls, *args, **kwargs):
-        # `SAMModel(inputs, outputs)` builds a functional SAMModel, the way
-        # `keras.Model(inputs, outputs)` builds a `Functional`. Keras would
-        # otherwise rewrite SAMModel's base classes in place, which breaks
-        # every later subclass of SAMModel.
-        if cls is SAMModel and _is_functional_call(args, kwargs):
-            cls = FunctionalSAMModel
+        # `SAMModel(inputs, outputs)` (or a subclass called that way) builds
+        # a functional SAMModel, the way `keras.Model(inputs, outputs)` builds
+        # a `Functional`. Keras would otherwise rewrite the base classes of
+        # SAMModel in place, which breaks every later subclass of SAMModel.
+        if _is_functional_call(args, kwargs) and not issubclass(cls, Functional):
+            cls = _functional_variant(cls)
         return super().__new__(cls, *args, **kwargs)
 
     def __init__(self, *args, rho=0.05, **kwargs):
@@ -483,6 +484,26 @@ def _is_functional_call(args, kwargs) -> bool:
         or (len(args) == 1 and "outputs" in kwargs)
         or ("inputs" in kwargs and "outputs" in kwargs)
     )
+
+
+_FUNCTIONAL_VARIANTS = {}
+
+
+def _functional_variant(cls):
+    """`cls` with `Functional` mixed in, saved under `cls`'s name."""
+    if cls is SAMModel:
+        return FunctionalSAMModel
+    if cls not in _FUNCTIONAL_VARIANTS:
+        variant = type(
+            cls.__name__,
+            (cls, Functional),
+            {"__module__": cls.__module__, "__doc__": cls.__doc__},
+        )
+        object_registration.GLOBAL_CUSTOM_NAMES[variant] = (
+            keras.saving.get_registered_name(cls)
+        )
+        _FUNCTIONAL_VARIANTS[cls] = variant
+    return _FUNCTIONAL_VARIANTS[cls]
 
 
 @keras.saving.register_keras_serializable(package="keras_sam", name="SAMModel")

@@ -349,3 +349,25 @@ def test_from_model_needs_an_input_shape_for_subclassed_models():
     model = keras_sam.SAMModel.from_model(Plain(), input_shape=(4,), rho=0.1)
     model.compile(optimizer="sgd", loss="mse")
     model.fit(np.ones((4, 4)), np.ones((4, 3)), verbose=0)
+
+
+@keras.saving.register_keras_serializable(package="keras_sam_tests")
+class FunctionalSubclass(keras_sam.SAMModel):
+    """A SAMModel subclass constructed with the functional API."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+
+
+def test_functional_use_of_a_subclass_leaves_other_subclasses_intact(tmp_path):
+    inputs = keras.Input((reference.INPUT_DIM,))
+    hidden, logits = reference.tiny_layers()
+    model = FunctionalSubclass(inputs, logits(hidden(inputs)), rho=0.2, m=2)
+    assert isinstance(model, FunctionalSubclass)
+    assert keras_sam.SAMModel.__bases__ == (keras.Model,)
+    path = str(tmp_path / "functional_subclass.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, FunctionalSubclass) and loaded.m == 2
+    # Subclasses written the usual way still build as before.
+    TinyNet(rho=0.1)(np.zeros((1, reference.INPUT_DIM), "float32"))
