@@ -1,0 +1,232 @@
+"""Ablations of SAM's step: perturbation geometry, ascent steps, rho schedules.
+
+- perturbation (Foret et al. appendix C.5, figure 6): p = 2 (SAM), p = inf
+  (eps = rho sign(g)) and a random direction of norm rho;
+- ascent steps (appendix C.6, table 12): 1, 2, 3, 5 projected-gradient
+  steps, with the final sharpness estimate L(w + eps) - L(w) that SAMModel
+  reports (it grows with the steps in the paper);
+- rho schedules (Alexandru, section 4.3): constant, step decay (x0.1 at 30%
+  and 60% of training), exponential decay (rho_0 exp(-k t)), step increase
+  (x10 at the same points), cosine.
+
+The reference SAM run (p = 2, one step, constant rho) is trained once and
+shown in every group, with SGD for orientation. Foret et al. ran C.5 and
+C.6 on clean CIFAR; the digits default adds 40% label noise, where SAM's
+effect on this small data set is large enough to compare variants.
+
+For p = inf, rho is by default rho / sqrt(number of weights), so that eps
+has the Euclidean norm of the p = 2 perturbation (rho sign(g) with the same
+rho would be sqrt(d) times larger).
+
+Usage (digits, offline; the committed README table):
+
+    python -m experiments.ablations --workdir=runs/experiments
+
+Writes `<workdir>/<run name>/{runs.csv,history.csv,results.csv,
+ablations.png}`.
+"""
+
+import dataclasses
+import math
+import os
+import time
+
+from experiments import cli
+from experiments import common
+from experiments import data as data_lib
+from experiments import models
+from experiments import results
+from keras_sam import noise
+
+GROUPS = ("perturbation", "ascent_steps", "rho_schedule")
+
+
+@dataclasses.dataclass
+class Config(common.BaseConfig):
+    """The ablation grid."""
+
+    noise_rate: float = 0.4
+    rho: float = 0.2
+    rho_inf: float = 0.0  # 0: rho / sqrt(#weights), the p = 2 radius.
+    ascent_steps: tuple = (1, 2, 3, 5)
+    rho_schedules: tuple = (
+        "constant", "step_decay", "exp_decay", "step_increase", "cosine"
+    )
+    rho_k: float = 0.1  # exponential decay rate per epoch (Alexandru eq. 3)
+    groups: tuple = GROUPS
+
+    def run_name(self) -> str:
+        return (
+            f"{self.base_name()}_noise{self.noise_rate:g}_rho{self.rho:g}"
+            f"_{self.seeds_name()}"
+        )
+
+
+def methods_for(config: Config, num_weights: int) -> tuple:
+    """(methods, groups): unique `Method`s and the keys shown per group."""
+    unknown = set(config.groups) - set(GROUPS)
+    if unknown:
+        raise ValueError(f"Unknown groups {sorted(unknown)}: use {GROUPS}.")
+    rho = config.rho
+    rho_inf = config.rho_inf or rho / math.sqrt(num_weights)
+    methods = {
+        "sgd": common.Method("sgd", "SGD"),
+        "sam": common.Method("sam", "SAM (p=2, 1 step, constant)",
+                             sam={"rho": rho}),
+    }
+    shown = {}
+    if "perturbation" in config.groups:
+        methods["p_inf"] = common.Method(
+            "p_inf", f"p=inf (rho={rho_inf:.2g})",
+            sam={"rho": rho_inf, "p": math.inf},
+        )
+        methods["random"] = common.Method(
+            "random", "random direction",
+            sam={"rho": rho, "perturbation": "random"},
+        )
+        shown["perturbation"] = ["sgd", "sam", "p_inf", "random"]
+    if "ascent_steps" in config.groups:
+        keys = []
+        for steps in config.ascent_steps:
+            key = "sam" if steps == 1 else f"steps{steps}"
+            if steps != 1:
+                methods[key] = common.Method(
+                    key, f"{steps} ascent steps",
+                    sam={"rho": rho, "ascent_steps": steps},
+                )
+            keys.append(key)
+        shown["ascent_steps"] = keys
+    if "rho_schedule" in config.groups:
+        keys = []
+        for name in config.rho_schedules:
+            if name == "constant":
+                keys.append("sam")
+                continue
+            options = {"name": name}
+            if name == "exp_decay":
+                options["k"] = config.rho_k
+            methods[name] = common.Method(
+                name, f"rho {name}", sam={"rho": rho}, rho_schedule=options
+            )
+            keys.append(name)
+        shown["rho_schedule"] = keys
+    return list(methods.values()), shown
+
+
+def train_and_evaluate(config: Config, workdir: str) -> dict:
+    """Trains every variant for every seed on noisy labels; writes results.
+
+    Returns:
+        A dict with `run_dir`, `runs`, `results` (per method) and `groups`
+        (the method keys shown in each group).
+    """
+    run_dir = os.path.join(workdir, config.run_name())
+    start = time.perf_counter()
+    strategy = common.make_strategy(config.strategy, config.tpu)
+    runs, history = [], []
+    with common.dtype_policy(config.mixed_precision):
+        for seed in config.seeds:
+            data = data_lib.load(
+                config.dataset, config.model == "small_cnn",
+                config.train_size, config.test_size, seed,
+                config.data_dir or None,
+            )
+            num_weights = models.count_trainable(models.build(
+                config.model, data.input_shape, data.num_classes,
+                **config.model_kwargs,
+            ))
+            methods, shown = methods_for(config, num_weights)
+            labels = noise.symmetric_noise(
+                data.y_train, config.noise_rate, data.num_classes, seed=seed
+            ).labels
+            print(f"seed {seed}")
+            rows, curves = common.run_methods(
+                config, data, methods, labels, seed, strategy,
+                columns={"noise_rate": config.noise_rate},
+            )
+            runs += rows
+            history += curves
+    table = results.aggregate(
+        runs, ("key", "method"),
+        ("final_test_acc", "best_test_acc", "final_sharpness", "seconds"),
+    )
+    results.write_csv(os.path.join(run_dir, "runs.csv"), runs)
+    results.write_csv(os.path.join(run_dir, "history.csv"), history)
+    results.write_csv(os.path.join(run_dir, "results.csv"), [
+        {"group": group, **entry}
+        for group, keys in shown.items()
+        for entry in table if entry["key"] in keys
+    ])
+    _plot(os.path.join(run_dir, "ablations.png"), table, shown, config)
+    print(report(table, shown, config, time.perf_counter() - start, run_dir))
+    return {"run_dir": run_dir, "runs": runs, "results": table,
+            "groups": shown}
+
+
+def report(table, shown, config, seconds, run_dir) -> str:
+    """One table per group: final/best accuracy, sharpness, time."""
+    index = {e["key"]: e for e in table}
+    lines = [
+        f"\n{config.dataset}, {config.model}, {config.noise_rate:.0%} label "
+        f"noise, rho {config.rho:g}, {config.epochs} epochs, seeds "
+        f"{list(config.seeds)}: clean test accuracy (%), mean ± 95% "
+        "t-interval"
+    ]
+    header = ["method", "final acc", "best acc", "final sharpness", "s/run"]
+    for group, keys in shown.items():
+        body = []
+        for key in keys:
+            e = index[key]
+            ok = e["status"] == "ok"
+            body.append([
+                e["method"], results.cell(e, "final_test_acc"),
+                results.cell(e, "best_test_acc"),
+                results.cell(e, "final_sharpness", scale=1.0).replace(
+                    "nan", "-") if ok else "skipped",
+                f"{e['seconds_mean']:.1f}" if ok else "-",
+            ])
+        lines += [f"\n{group}:", results.format_table(header, body)]
+    lines += [f"note: {n}" for n in results.skip_notes(table)]
+    lines.append(f"\n{seconds:.0f} s; results in {run_dir}/")
+    return "\n".join(lines)
+
+
+def _plot(path, table, shown, config):
+    plt = results.pyplot()
+    index = {e["key"]: e for e in table}
+    fig, axes = plt.subplots(1, len(shown), figsize=(5 * len(shown), 4),
+                             squeeze=False)
+    for ax, (group, keys) in zip(axes[0], shown.items()):
+        entries = [index[k] for k in keys]
+        for offset, (metric, name) in enumerate(
+            (("final_test_acc", "final"), ("best_test_acc", "best"))
+        ):
+            values = [100 * e[f"{metric}_mean"] if e["status"] == "ok"
+                      else 0.0 for e in entries]
+            errors = [100 * e[f"{metric}_ci95"] if e["status"] == "ok"
+                      and not math.isnan(e[f"{metric}_ci95"]) else 0.0
+                      for e in entries]
+            xs = [i + 0.4 * offset for i in range(len(entries))]
+            ax.bar(xs, values, width=0.4, yerr=errors, capsize=3, label=name)
+        ax.set_xticks([i + 0.2 for i in range(len(entries))])
+        ax.set_xticklabels([e["method"] for e in entries], rotation=30,
+                           ha="right", fontsize=7)
+        finite = [100 * e["final_test_acc_mean"] for e in entries
+                  if e["status"] == "ok"]
+        if finite:
+            ax.set_ylim(max(0.0, min(finite) - 10), 100)
+        ax.set_title(group)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].set_ylabel("clean test accuracy (%)")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(
+        f"SAM ablations: {config.dataset}, {config.model}, "
+        f"{config.noise_rate:.0%} noise, {len(config.seeds)} seeds"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    cli.main(train_and_evaluate, default_config="ablations")

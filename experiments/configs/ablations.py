@@ -1,0 +1,19 @@
+"""Ablations on digits at 40% label noise: 3 seeds, 30 epochs."""
+
+from experiments import ablations
+
+
+def get_config():
+    return ablations.Config(
+        dataset="digits",
+        model="mlp",
+        epochs=30,
+        batch_size=32,
+        learning_rate=0.05,
+        momentum=0.9,
+        seeds=(0, 1, 2),
+        noise_rate=0.4,
+        rho=0.2,
+        ascent_steps=(1, 2, 3, 5),
+        rho_k=0.1,
+    )
