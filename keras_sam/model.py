@@ -16,10 +16,12 @@ across replicas, by the optimizer.
 """
 
 import dataclasses
+import difflib
 import math
 from typing import NamedTuple
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras.src.losses import loss as loss_module
 from keras.src.models.functional import Functional
@@ -32,6 +34,11 @@ from keras_sam.options import SAMOptions
 
 def check_rho(rho) -> float:
     """Validates the neighbourhood size `rho` and returns it as a float."""
+    if isinstance(rho, (bool, np.bool_)):
+        raise ValueError(
+            "`rho` must be a number >= 0, not a boolean (e.g. rho=0.05). "
+            f"Received: rho={rho!r}"
+        )
     try:
         value = float(rho)
     except (TypeError, ValueError):
@@ -120,6 +127,8 @@ class SAMModel(keras.Model):
             **{key: kwargs.pop(key) for key in list(kwargs) if key in names}
         )
         rho = check_rho(rho)
+        if _is_functional_call(args, kwargs) or isinstance(self, Functional):
+            _check_functional_kwargs(kwargs, names)
         super().__init__(*args, **kwargs)
         self.sam_options = options
         self._initial_rho = rho
@@ -212,10 +221,17 @@ class SAMModel(keras.Model):
         self._loss_tracker.update_state(
             stats["loss"], sample_weight=sharding.batch_size(x)
         )
-        self.grad_norm_tracker.update_state(stats["grad_norm"])
+        # A step whose gradient overflowed (skipped by a LossScaleOptimizer)
+        # has no meaningful norm or sharpness: leave it out of the means.
+        finite = tf.math.is_finite(stats["grad_norm"])
+        weight = tf.cast(finite, tf.float32)
+        sharpness = stats["loss_perturbed"] - stats["loss"]
+        self.grad_norm_tracker.update_state(
+            tf.where(finite, stats["grad_norm"], 0.0), sample_weight=weight
+        )
         self.sharpness_tracker.update_state(
-            stats["loss_perturbed"] - stats["loss"],
-            sample_weight=stats["sam_weight"],
+            tf.where(finite, sharpness, 0.0),
+            sample_weight=weight * stats["sam_weight"],
         )
         if self._compile_loss is not None and self._compile_loss.metrics:
             # Per-output loss trackers of multi-output models (losses are
@@ -475,6 +491,26 @@ class _Evaluation(NamedTuple):
 def _zeros_for_none(grads, weights) -> list:
     """Zeros for weights the loss does not depend on (gradient None)."""
     return [tf.zeros_like(w) if g is None else g for g, w in zip(grads, weights)]
+
+
+_FUNCTIONAL_KWARGS = {"inputs", "outputs", "name", "trainable"}
+
+
+def _check_functional_kwargs(kwargs, sam_names):
+    """Refuses keyword arguments that Keras' Functional would drop."""
+    unknown = sorted(set(kwargs) - _FUNCTIONAL_KWARGS)
+    if unknown:
+        known = sorted(sam_names | {"rho"} | _FUNCTIONAL_KWARGS)
+        hints = [
+            f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key)
+            for key in unknown
+            for close in [difflib.get_close_matches(key, known, n=1)]
+        ]
+        raise ValueError(
+            f"Unknown SAMModel argument(s): {', '.join(hints)}. SAMModel "
+            f"takes {', '.join(known)}. Received: "
+            + ", ".join(f"{key}={kwargs[key]!r}" for key in unknown)
+        )
 
 
 def _is_functional_call(args, kwargs) -> bool:

@@ -7,6 +7,7 @@ how many ascent steps find it, and how the descent gradient is formed.
 
 import dataclasses
 import math
+import numbers
 from typing import Optional
 
 from keras_sam import perturbation
@@ -66,11 +67,25 @@ class SAMOptions:
         _check_choice("perturbation", self.perturbation, PERTURBATIONS)
         _check_choice("gradient_rule", self.gradient_rule, GRADIENT_RULES)
         _check_choice("mask", self.mask, MASKS)
-        if not (isinstance(self.eta, (int, float)) and self.eta >= 0):
+        for name in ("adaptive", "second_order"):
+            _check_bool(name, getattr(self, name))
+        if isinstance(self.seed, bool) or not isinstance(
+            self.seed, numbers.Integral
+        ):
+            raise ValueError(
+                "`seed` must be an integer (the seed of random perturbations "
+                f"and masks). Received: seed={self.seed!r}"
+            )
+        if not (
+            isinstance(self.eta, numbers.Real)
+            and not isinstance(self.eta, bool)
+            and self.eta >= 0
+        ):
             raise ValueError(
                 "`eta` (ASAM's offset) must be a number >= 0, e.g. 0.01. "
                 f"Received: eta={self.eta!r}"
             )
+        set_("eta", float(self.eta))
         for name in ("ascent_steps", "mask_update_every", "sam_every"):
             _check_positive_int(name, getattr(self, name))
         fraction = self.perturbed_fraction
@@ -116,8 +131,19 @@ def _check_choice(name, value, choices):
         )
 
 
+def _check_bool(name, value):
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"`{name}` must be True or False. Received: {name}={value!r}"
+        )
+
+
 def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value < 1
+    ):
         raise ValueError(
             f"`{name}` must be an integer >= 1. Received: {name}={value!r}"
         )

@@ -7,6 +7,7 @@ maps the SAM step over the leading axis with `tf.vectorized_map`, and merges
 the results back. These helpers do the reshaping and its checks.
 """
 
+import numbers
 from typing import Optional
 
 import tensorflow as tf
@@ -16,12 +17,16 @@ def check_m(m: Optional[int]) -> Optional[int]:
     """Validates the group size `m` (None means the whole replica batch)."""
     if m is None:
         return None
-    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+    if (
+        isinstance(m, bool)
+        or not isinstance(m, numbers.Integral)
+        or m < 1
+    ):
         raise ValueError(
             "`m` must be a positive integer (examples per perturbation "
             f"group) or None for the whole per-replica batch. Received: m={m!r}"
         )
-    return m
+    return int(m)
 
 
 def batch_size(structure) -> tf.Tensor:

@@ -179,12 +179,6 @@ def test_nan_batch_is_skipped_and_terminate_on_nan_stops(policy):
     assert second["scale"] == first["scale"] / 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="one overflowing (skipped) float16 step makes the epoch's "
-    "grad_norm NaN: train_step feeds the non-finite step statistics of a "
-    "step the LossScaleOptimizer skips to the Mean trackers",
-)
 @pytest.mark.parametrize("policy", ["mixed_float16"], indirect=True)
 def test_epoch_statistics_ignore_a_skipped_overflow_step(policy):
     x, y, sample_weight = overflowing_batches()
