@@ -256,6 +256,9 @@ def fit(config, data, method, labels, seed, strategy, noisy=None):
             clean and noisy training accuracy each epoch (Baek et al.
             figures 1-2).
     """
+    # Seed before the pipeline: tf.data derives its shuffling from the
+    # global seed too, so the batches must not depend on earlier methods.
+    keras.utils.set_random_seed(seed)
     train = data_lib.train_dataset(
         data, labels, config.batch_size, seed, config.augment,
         method.mixup_alpha,

@@ -150,10 +150,15 @@ def _plot(path, table, config):
             ax.axhline(100 * sgd[0][f"{metric}_mean"], color="k",
                        linestyle="--", label="SGD")
             ax.legend(fontsize=8, title="m")
+        # Log axes: diverged runs (error ~90%) stay on the plot without
+        # flattening the differences of a few tenths of a percent.
         ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(list(config.rhos), [f"{r:g}" for r in config.rhos])
+        ax.minorticks_off()
         ax.set_xlabel("rho")
         ax.set_title(f"{title} test error")
-    axes[0].set_ylabel("test error (%)")
+    axes[0].set_ylabel("test error (%, log scale)")
     fig.suptitle(
         f"m-sharpness: {config.dataset}, {config.model}, batch "
         f"{config.batch_size}, {config.noise_rate:.0%} noise, "

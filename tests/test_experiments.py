@@ -201,6 +201,20 @@ def test_unsupported_options_are_skipped(monkeypatch):
     assert len(results.skip_notes(table)) == 3 and len(lines) == 3
 
 
+def test_runs_do_not_depend_on_earlier_methods():
+    data = data_lib.load("digits", train_size=32, test_size=16)
+    config = noise_robustness.Config(**TINY)
+    sgd = common.Method("sgd", "SGD")
+    sam = common.Method("sam", "SAM", sam={"rho": 0.1})
+    strategy = common.make_strategy()
+    _, alone = common.run_methods(config, data, [sgd], data.y_train, 3,
+                                  strategy, log=lambda line: None)
+    _, after = common.run_methods(config, data, [sam, sgd], data.y_train, 3,
+                                  strategy, log=lambda line: None)
+    assert alone[0]["loss"] == after[1]["loss"]
+    assert alone[0]["val_accuracy"] == after[1]["val_accuracy"]
+
+
 def test_sam_supports():
     assert common.sam_supports({"rho": 0.1, "m": 4, "p": 2.0}) is None
     assert "bogus" in common.sam_supports({"bogus": 1})
@@ -242,6 +256,7 @@ CONFIGS = {
     "noise_robustness_cifar10": noise_robustness.Config,
     "m_sharpness": m_sharpness.Config,
     "m_sharpness_cifar10": m_sharpness.Config,
+    "m_sharpness_noisy": m_sharpness.Config,
     "ablations": ablations.Config,
     "ablations_cifar10": ablations.Config,
     "baek_table1": baek_table1.Config,
