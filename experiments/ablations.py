@@ -7,7 +7,8 @@
   reports (it grows with the steps in the paper);
 - rho schedules (Alexandru, section 4.3): constant, step decay (x0.1 at 30%
   and 60% of training), exponential decay (rho_0 exp(-k t)), step increase
-  (x10 at the same points), cosine.
+  (x10 at the same points; by default from rho / 100, so that it ends at
+  rho: from rho it would reach 100 rho), cosine.
 
 The reference SAM run (p = 2, one step, constant rho) is trained once and
 shown in every group, with SGD for orientation. Foret et al. ran C.5 and
@@ -30,6 +31,7 @@ import dataclasses
 import math
 import os
 import time
+from typing import Optional
 
 from experiments import cli
 from experiments import common
@@ -53,6 +55,9 @@ class Config(common.BaseConfig):
         "constant", "step_decay", "exp_decay", "step_increase", "cosine"
     )
     rho_k: float = 0.1  # exponential decay rate per epoch (Alexandru eq. 3)
+    # Initial rho of the step increase (x10 twice). None: rho / 100, so that
+    # it ends at rho. Alexandru starts every schedule at rho (0.1 -> 10).
+    increase_from: Optional[float] = None
     groups: tuple = GROUPS
 
     def run_name(self) -> str:
@@ -103,10 +108,16 @@ def methods_for(config: Config, num_weights: int) -> tuple:
                 keys.append("sam")
                 continue
             options = {"name": name}
+            start = rho
             if name == "exp_decay":
                 options["k"] = config.rho_k
+            if name == "step_increase":
+                start = config.increase_from
+                if start is None:
+                    start = rho / 100
             methods[name] = common.Method(
-                name, f"rho {name}", sam={"rho": rho}, rho_schedule=options
+                name, f"rho {name} from {start:g}", sam={"rho": start},
+                rho_schedule=options,
             )
             keys.append(name)
         shown["rho_schedule"] = keys
@@ -181,8 +192,7 @@ def report(table, shown, config, seconds, run_dir) -> str:
             body.append([
                 e["method"], results.cell(e, "final_test_acc"),
                 results.cell(e, "best_test_acc"),
-                results.cell(e, "final_sharpness", scale=1.0).replace(
-                    "nan", "-") if ok else "skipped",
+                results.cell(e, "final_sharpness", scale=1.0, digits=3),
                 f"{e['seconds_mean']:.1f}" if ok else "-",
             ])
         lines += [f"\n{group}:", results.format_table(header, body)]

@@ -8,9 +8,10 @@
 Every builder returns a plain functional `keras.Model` that outputs logits
 (the last Dense layer is float32 under mixed precision, and is the model's
 last layer, as regularised SGD needs). Given per-channel statistics
-`mean`/`std`, the first layer normalises, so that models take raw images. Convolutions have no bias when a normalisation
-follows them, as in the reference implementations, so that parameter
-counts match the published ones.
+`mean`/`std`, the first layer normalises, so that models take raw images.
+Convolutions have no bias when a normalisation follows them, as in the
+reference implementations, so that parameter counts match the published
+ones.
 """
 
 from typing import Optional
@@ -118,7 +119,8 @@ def wide_resnet(
             x = keras.layers.Add(name=name + "_add")([shortcut, y])
             channels = filters
     x = _norm_relu(x, norm, "final")
-    return keras.Model(inputs, _head(x, num_classes), name=f"wrn{depth}_{width}")
+    outputs = _head(x, num_classes)
+    return keras.Model(inputs, outputs, name=f"wrn{depth}_{width}")
 
 
 # --------------------------------------------------- CIFAR ResNet (6n+2)

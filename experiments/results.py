@@ -82,14 +82,17 @@ def read_csv(path: str) -> list:
         return list(csv.DictReader(f))
 
 
-def cell(entry: dict, metric: str, scale: float = 100.0) -> str:
+def cell(entry: dict, metric: str, scale: float = 100.0,
+         digits: int = 1) -> str:
     """"mean ± ci" of an aggregated entry, in percent by default."""
     if entry.get("status", "ok") != "ok":
         return "skipped"
     mean, half = entry[f"{metric}_mean"], entry[f"{metric}_ci95"]
+    if math.isnan(mean):
+        return "-"
     if math.isnan(half):
-        return f"{scale * mean:.1f}"
-    return f"{scale * mean:.1f} ± {scale * half:.1f}"
+        return f"{scale * mean:.{digits}f}"
+    return f"{scale * mean:.{digits}f} ± {scale * half:.{digits}f}"
 
 
 def format_table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> str:

@@ -65,7 +65,9 @@ def test_layernorm_resnet18_has_no_batchnorm():
     layers = _layers(model)
     assert not any(isinstance(l, keras.layers.BatchNormalization)
                    for l in layers)
-    groups = [l for l in layers if isinstance(l, keras.layers.GroupNormalization)]
+    groups = [
+        l for l in layers if isinstance(l, keras.layers.GroupNormalization)
+    ]
     assert len(groups) == 20 and all(l.groups == 1 for l in groups)
 
 

@@ -138,6 +138,18 @@ def test_ablations_p_inf_radius_matches_p2():
     assert shown == {"perturbation": ["sgd", "sam", "p_inf", "random"]}
 
 
+def test_ablations_step_increase_ends_at_rho():
+    config = ablations.Config(rho=0.2, groups=("rho_schedule",),
+                              rho_schedules=("step_increase",))
+    methods, _ = ablations.methods_for(config, num_weights=1)
+    increase = {m.key: m for m in methods}["step_increase"]
+    assert math.isclose(increase.sam["rho"], 0.002)
+    assert increase.rho_schedule == {"name": "step_increase"}
+    config = dataclasses.replace(config, increase_from=0.1)
+    methods, _ = ablations.methods_for(config, num_weights=1)
+    assert {m.key: m for m in methods}["step_increase"].sam["rho"] == 0.1
+
+
 def test_ablations_mock_tfds(tmp_path):
     config = ablations.Config(
         **{**MOCK, "dataset": "fashion_mnist", "model": "mlp",
@@ -205,12 +217,12 @@ def test_runs_do_not_depend_on_earlier_methods():
     data = data_lib.load("digits", train_size=32, test_size=16)
     config = noise_robustness.Config(**TINY)
     sgd = common.Method("sgd", "SGD")
-    sam = common.Method("sam", "SAM", sam={"rho": 0.1})
+    mixup = common.Method("mixup", "Mixup", mixup_alpha=1.0)
     strategy = common.make_strategy()
     _, alone = common.run_methods(config, data, [sgd], data.y_train, 3,
                                   strategy, log=lambda line: None)
-    _, after = common.run_methods(config, data, [sam, sgd], data.y_train, 3,
-                                  strategy, log=lambda line: None)
+    _, after = common.run_methods(config, data, [mixup, sgd], data.y_train,
+                                  3, strategy, log=lambda line: None)
     assert alone[0]["loss"] == after[1]["loss"]
     assert alone[0]["val_accuracy"] == after[1]["val_accuracy"]
 
