@@ -51,6 +51,7 @@ class BaseConfig:
     mixed_precision: str = ""  # "", "mixed_float16" or "mixed_bfloat16"
     eval_batch_size: int = 256
     data_dir: str = ""  # tfds data directory
+    jit_compile: object = "auto"  # compile()'s: "auto" (XLA), True, False
 
     def base_name(self) -> str:
         """The part of the run directory name every study shares."""
@@ -244,6 +245,7 @@ def build_model(config, data, method: Method, seed: int, steps: int):
             from_logits=True, label_smoothing=config.label_smoothing
         ),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        jit_compile=config.jit_compile,
     )
     return model
 
