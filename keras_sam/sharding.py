@@ -208,7 +208,7 @@ def _trace(fn, groups):
     spec = tf.nest.map_structure(
         lambda t: tf.TensorSpec(t.shape[1:], t.dtype), groups
     )
-    return tf.function(fn, autograph=False).get_concrete_function(spec)
+    return tf.function(fn).get_concrete_function(spec)
 
 
 def _op_types(concrete_function) -> collections.Counter:
