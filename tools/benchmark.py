@@ -57,6 +57,14 @@ METHODS = {
     "sam_m4": {"m": lambda batch: max(batch // 4, 1)},
     "sam_1": {"m": 1},
     "sam_pinf": {"p": float("inf")},
+    "sam_random": {"perturbation": "random"},
+    "asam": {"adaptive": True},
+    "sam_2steps": {"ascent_steps": 2},
+    "sam_2nd_order": {"second_order": True},
+    "lsam_1": {"m": 1, "gradient_rule": "logit"},
+    "jsam_1": {"m": 1, "gradient_rule": "jacobian"},
+    "ssam_fisher": {"perturbed_fraction": 0.5},
+    "sam_every2": {"sam_every": 2},
 }
 
 # Default global batch size of each model ("small batch" for the ResNet).
