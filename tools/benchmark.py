@@ -1,9 +1,10 @@
 """Step time and memory of SAM and its variants relative to plain SGD.
 
 Builds one model per method, warms each up (tracing and compilation) and
-runs one untimed round of all of them, then measures `--rounds` rounds of `--steps` training steps, interleaving the
-methods within every round so that machine noise (other processes on a
-shared CPU) hits all of them alike. Reports per method the median seconds
+runs one untimed round of all of them, then measures `--rounds` rounds of
+`--steps` training steps, interleaving the methods within every round so
+that machine noise (other processes on a shared CPU) hits all of them
+alike. Reports per method the median seconds
 per step, its ratio to SGD and to SAM measured in the same run, the warm-up
 (trace + compile) time, and the step's peak tensor memory.
 
