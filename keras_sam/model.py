@@ -75,8 +75,9 @@ class SAMModel(keras.Model):
             `m=None` perturbs with the gradient of each replica's whole
             batch; `m` splits each replica's batch into groups of `m`
             examples with one eps each and descends along the mean of the
-            groups' SAM gradients (`m=1` is per-example 1-SAM), vectorised
-            over groups. The per-replica batch must be divisible by `m`
+            groups' SAM gradients (`m=1` is per-example 1-SAM), mapped by
+            `sharding.map_groups` (vectorised for dense models, unrolled for
+            convolutional models with few enough groups). The per-replica batch must be divisible by `m`
             (batch with `drop_remainder=True`), and `m=1` refuses
             BatchNormalization. `p` is the norm of the ball (eq. 2). A random
             perturbation is drawn once per step and replica (shared by its
