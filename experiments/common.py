@@ -368,3 +368,15 @@ def run_methods(config, data, methods, labels, seed, strategy, noisy=None,
                 **{k: float(v[epoch]) for k, v in history.items()},
             })
     return rows, history_rows
+
+
+def load_data(config, seed: int):
+    """The study's data set for one seed, as its config describes it."""
+    return data_lib.load(
+        config.dataset,
+        config.model == "small_cnn",
+        config.train_size,
+        config.test_size,
+        seed,
+        config.data_dir or None,
+    )

@@ -26,7 +26,6 @@ import time
 
 from experiments import cli
 from experiments import common
-from experiments import data as data_lib
 from experiments import results
 from keras_sam import noise
 
@@ -81,11 +80,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     runs, history = [], []
     with common.dtype_policy(config.mixed_precision):
         for seed in config.seeds:
-            data = data_lib.load(
-                config.dataset, config.model == "small_cnn",
-                config.train_size, config.test_size, seed,
-                config.data_dir or None,
-            )
+            data = common.load_data(config, seed)
             labels = noise.symmetric_noise(
                 data.y_train, config.noise_rate, data.num_classes, seed=seed
             ).labels

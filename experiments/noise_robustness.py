@@ -28,7 +28,6 @@ from typing import Optional
 
 from experiments import cli
 from experiments import common
-from experiments import data as data_lib
 from experiments import results
 from keras_sam import noise
 
@@ -108,11 +107,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     runs, history = [], []
     with common.dtype_policy(config.mixed_precision):
         for seed in config.seeds:
-            data = data_lib.load(
-                config.dataset, config.model == "small_cnn",
-                config.train_size, config.test_size, seed,
-                config.data_dir or None,
-            )
+            data = common.load_data(config, seed)
             for rate in config.noise_rates:
                 print(f"noise {rate:.0%}, seed {seed}")
                 noisy = noise.symmetric_noise(
