@@ -28,3 +28,10 @@ def seed():
     """Seeds Python, NumPy, TensorFlow and Keras before every test."""
     keras.utils.set_random_seed(1234)
     yield 1234
+
+
+def pytest_configure(config):
+    """Registers the `slow` marker (multi-process tests; `-m "not slow"`)."""
+    config.addinivalue_line(
+        "markers", "slow: starts worker processes (deselect: -m 'not slow')"
+    )

@@ -1,0 +1,254 @@
+"""`fit`, `evaluate` and `predict` under `MultiWorkerMirroredStrategy`.
+
+Keras 3 (checked on 3.15.1 with TensorFlow 2.21) cannot train any model,
+plain `keras.Model` included, under `tf.distribute.
+MultiWorkerMirroredStrategy` (MWMS) with more than one worker:
+
+1. `_maybe_symbolic_build` builds the model from the first batch reduced
+   with `strategy.reduce("MEAN", batch, axis=None)`, which fails on the
+   nested per-replica batch: "Attempt to convert a value (PerReplica...) to
+   a Tensor" (keras-team/keras#20585).
+2. The step's logs are then reduced across workers with
+   `strategy.reduce("MEAN", value, axis=0)`, which fails on the scalar
+   logs every `train_step`/`test_step` returns (tensorflow/tensorflow
+   #72388).
+
+`MultiWorkerFix` works around both, only under a multi-worker MWMS: it
+builds from the first replica's local batch
+(`strategy.experimental_local_results(batch)[0]`, same shapes), and
+reshapes the step's scalar logs to shape `[1]`, so that the mean over
+axis 0 across workers is valid and gives back a scalar. Mix it in front
+of any model class:
+
+    class MyModel(MultiWorkerFix, keras.Model): ...
+    class MySAM(MultiWorkerFix, keras_sam.SAMModel): ...
+
+or give one existing model the fix with `enable_multi_worker_fit(model)`.
+
+Each workaround switches itself off when Keras is fixed: `keras_bugs()`
+reads the source of the two Keras functions and reports a bug as present
+only while the failing call is still there (`distribute_strategy.reduce(`
+in `TensorFlowTrainer._maybe_symbolic_build`; `strategy.reduce("MEAN", v,
+axis=0)` in `reduce_per_replica`). Both workarounds are also correct on a
+fixed Keras, so a source that cannot be read counts as "bug present".
+
+The mixin also turns two settings that cannot work into clear errors at
+`compile` and at `fit`/`evaluate` time, instead of a graph error from
+inside TensorFlow:
+
+* `jit_compile=True` under MWMS on CPU workers: XLA on CPU has no
+  collective ops. Fix: `jit_compile=False`.
+* `steps_per_execution > 1` with collective all-reduce (MWMS, or
+  `MirroredStrategy` with its default cross-device ops) over more than one
+  replica: the multi-step loop fails with "You must feed a value for
+  placeholder" (keras-team/keras#19246). Fix: `tf.distribute.
+  MirroredStrategy(cross_device_ops=tf.distribute.ReductionToOneDevice())`
+  or `steps_per_execution=1` (MWMS has no other cross-device ops).
+"""
+
+import functools
+import inspect
+
+import keras
+import tensorflow as tf
+
+ISSUE_BUILD = "keras-team/keras#20585"
+ISSUE_LOGS = "tensorflow/tensorflow#72388"
+ISSUE_STEPS = "keras-team/keras#19246"
+
+
+@functools.lru_cache(maxsize=None)
+def keras_bugs():
+    """Which multi-worker bugs the installed Keras still has.
+
+    Returns:
+        A dict with boolean entries "build" (keras-team/keras#20585: the
+        input batch is reduced across workers to build the model) and
+        "scalar_logs" (tensorflow/tensorflow#72388: scalar logs are
+        reduced over axis 0). A source that cannot be read counts as True.
+    """
+    from keras.src.backend.tensorflow import trainer
+
+    def still_has(function, text):
+        try:
+            return text in inspect.getsource(function)
+        except (OSError, TypeError):
+            return True
+
+    return {
+        "build": still_has(
+            getattr(trainer.TensorFlowTrainer, "_maybe_symbolic_build", None),
+            "distribute_strategy.reduce(",
+        ),
+        "scalar_logs": still_has(
+            getattr(trainer, "reduce_per_replica", None),
+            'strategy.reduce("MEAN", v, axis=0)',
+        ),
+    }
+
+
+def is_multi_worker(strategy) -> bool:
+    """True for a `MultiWorkerMirroredStrategy` over more than one worker."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    return bool(strategy.extended._in_multi_worker_mode())
+
+
+def uses_collective_all_reduce(strategy) -> bool:
+    """True if `strategy` all-reduces with collective ops (MWMS, Mirrored).
+
+    `MirroredStrategy()` defaults to `CollectiveAllReduce` since TF 2.x;
+    `ReductionToOneDevice`, `HierarchicalCopyAllReduce` and `NcclAllReduce`
+    given as `cross_device_ops` are not collective.
+    """
+    from tensorflow.python.distribute import cross_device_ops
+
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return True
+    if not isinstance(strategy, tf.distribute.MirroredStrategy):
+        return False
+    ops = getattr(strategy.extended, "_cross_device_ops", None)
+    return isinstance(ops, cross_device_ops.CollectiveAllReduce)
+
+
+def _workers_are_cpus(strategy) -> bool:
+    devices = getattr(strategy.extended, "worker_devices", ())
+    return not any("GPU" in d.upper() or "TPU" in d.upper() for d in devices)
+
+
+def check_distribution_settings(model):
+    """Raises a ValueError naming the fix for settings that cannot work.
+
+    Args:
+        model: A compiled `keras.Model`.
+
+    Raises:
+        ValueError: `jit_compile=True` under a multi-worker MWMS on CPUs,
+            or `steps_per_execution > 1` with collective all-reduce over
+            more than one replica (keras-team/keras#19246).
+    """
+    strategy = model.distribute_strategy
+    name = type(strategy).__name__
+    if model.jit_compile and is_multi_worker(strategy):
+        if _workers_are_cpus(strategy):
+            raise ValueError(
+                f"jit_compile={model.jit_compile!r} cannot work under {name} "
+                "on CPU workers: XLA on CPU has no collective ops for the "
+                "cross-worker all-reduce. Fix: compile(..., "
+                "jit_compile=False) (or 'auto', which is False under "
+                "tf.distribute)."
+            )
+    steps = getattr(model, "steps_per_execution", 1) or 1
+    replicas = strategy.num_replicas_in_sync
+    if steps > 1 and replicas > 1 and uses_collective_all_reduce(strategy):
+        # keras-team/keras#19246: the multi-step tf.while_loop cannot run
+        # collective all-reduce ("You must feed a value for placeholder").
+        raise ValueError(
+            f"steps_per_execution={steps} cannot work under {name} with "
+            f"collective all-reduce over {replicas} replicas "
+            f"({ISSUE_STEPS}). Fix: steps_per_execution=1, or on one "
+            "machine tf.distribute.MirroredStrategy(cross_device_ops="
+            "tf.distribute.ReductionToOneDevice())."
+        )
+
+
+def _first_local(strategy, value):
+    if isinstance(value, tf.distribute.DistributedValues):
+        return strategy.experimental_local_results(value)[0]
+    return value
+
+
+def _logs_as_vectors(step_function):
+    """`step_function` whose scalar outputs have shape [1] (tf#72388)."""
+
+    @functools.wraps(step_function)
+    def step(data):
+        outputs = step_function(data)
+
+        def vector(value):
+            value = tf.convert_to_tensor(value)
+            if value.shape.rank == 0:
+                return tf.reshape(value, [1])
+            return value
+
+        return tf.nest.map_structure(vector, outputs)
+
+    return step
+
+
+class MultiWorkerFix:
+    """Mixin: `fit`/`evaluate`/`predict` under MultiWorkerMirroredStrategy.
+
+    Put it first in the bases of a model class (`class M(MultiWorkerFix,
+    keras.Model)`); it derives from no model class, so it combines with any
+    `keras.Model` subclass, including `keras_sam.SAMModel`. Outside a
+    multi-worker MWMS, and once Keras is fixed (`keras_bugs()`), it changes
+    nothing but the settings check (`check_distribution_settings`).
+    """
+
+    def compile(self, *args, **kwargs):
+        super().compile(*args, **kwargs)
+        check_distribution_settings(self)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        strategy = getattr(self, "_distribute_strategy", None)
+        if (
+            iterator is None
+            or not is_multi_worker(strategy)
+            or not keras_bugs()["build"]
+        ):
+            return super()._maybe_symbolic_build(
+                iterator=iterator, data_batch=data_batch
+            )
+        # keras-team/keras#20585: Keras reduces the per-replica batch with
+        # strategy.reduce, which fails under MWMS. Any replica's batch has
+        # the shapes the build needs: take the first local one.
+        batch = None
+        for _, _, batches in iterator:
+            batch = next(batches)
+            break
+        batch = tf.nest.map_structure(
+            functools.partial(_first_local, strategy), batch
+        )
+        return super()._maybe_symbolic_build(data_batch=batch)
+
+    def _make_function(self, step_function):
+        check_distribution_settings(self)
+        strategy = self.distribute_strategy
+        if is_multi_worker(strategy) and keras_bugs()["scalar_logs"]:
+            # tensorflow/tensorflow#72388: strategy.reduce("MEAN", x,
+            # axis=0) needs rank >= 1; logs of shape [1] reduce to scalars.
+            step_function = _logs_as_vectors(step_function)
+        return super()._make_function(step_function)
+
+
+def enable_multi_worker_fit(model):
+    """Gives one existing model `MultiWorkerFix`, keeping its class name.
+
+    The model's class becomes a subclass `(MultiWorkerFix, type(model))`
+    with the same name and module, so `get_config`, saving and loading
+    see the original class. Nothing else changes; Keras is not patched.
+
+    Args:
+        model: A `keras.Model` (functional, Sequential or subclassed).
+
+    Returns:
+        `model` itself.
+    """
+    cls = type(model)
+    if isinstance(model, MultiWorkerFix):
+        return model
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            "enable_multi_worker_fit needs a keras.Model. Received: "
+            f"model={model!r} of type {cls.__name__}"
+        )
+    fixed = type(
+        cls.__name__,
+        (MultiWorkerFix, cls),
+        {"__module__": cls.__module__, "__qualname__": cls.__qualname__},
+    )
+    model.__class__ = fixed
+    if getattr(model, "compiled", False):
+        check_distribution_settings(model)
+    return model
