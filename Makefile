@@ -1,12 +1,15 @@
 # The two commands of the README:
 #   make demo   set up .venv and run the noisy-label SAM vs SGD job on digits
 #   make test   set up .venv and run the test suite
+# and CI's second job (.ci/run):
+#   make test-oldest   build the wheel, install it in a fresh venv with the
+#                      oldest declared versions, run the core test subset
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup demo test
+.PHONY: setup demo test test-oldest
 
 $(BIN)/.installed: requirements.txt setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -22,3 +25,6 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q tests --doctest-modules keras_sam
+
+test-oldest:
+	bash .ci/run oldest

@@ -1,5 +1,7 @@
 """keras_sam: Sharpness-Aware Minimization for Keras 3 on TensorFlow."""
 
+# First: says which TensorFlow to install when none is (see _optional).
+from keras_sam import _optional  # noqa: F401
 from keras_sam import bootstrap
 from keras_sam import callbacks
 from keras_sam import datasets

@@ -11,6 +11,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from keras_sam import _optional
+
 
 class Split(NamedTuple):
     """Arrays of one data set split: inputs `x` and integer labels `y`."""
@@ -46,8 +48,11 @@ def load_digits(
     >>> data.train.x.shape, data.test.x.shape, data.num_classes
     ((1347, 64), (450, 64), 10)
     """
-    from sklearn import datasets
-    from sklearn.model_selection import train_test_split
+    feature = "keras_sam.datasets.load_digits"
+    datasets = _optional.require("sklearn.datasets", "data", feature)
+    model_selection = _optional.require(
+        "sklearn.model_selection", "data", feature
+    )
 
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(
@@ -59,7 +64,7 @@ def load_digits(
     y = bunch.target.astype("int32")
     if image:
         x = x.reshape(-1, 8, 8, 1)
-    x_train, x_test, y_train, y_test = train_test_split(
+    x_train, x_test, y_train, y_test = model_selection.train_test_split(
         x, y, test_size=test_fraction, random_state=seed, stratify=y
     )
     return Digits(Split(x_train, y_train), Split(x_test, y_test), 10)

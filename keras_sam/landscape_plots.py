@@ -11,11 +11,17 @@ import os
 from typing import Dict
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
+from keras_sam import _optional
 from keras_sam.landscape import Surface
+
+_optional.require(
+    "matplotlib", extra="plots", feature="keras_sam.landscape_plots"
+)
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _save(figure: Figure, path: str) -> str:
