@@ -40,6 +40,22 @@ def check_scheduled_rho(value, t, unit: str) -> float:
     return rho
 
 
+def optimizer_step(model) -> int:
+    """The number of optimizer steps taken so far: `optimizer.iterations`.
+
+    It is saved with the weights (`save_weights`, `BackupAndRestore`), so a
+    schedule indexed by it resumes where it stopped after a restart, on any
+    dataset, including one of unknown cardinality.
+    """
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        raise ValueError(
+            'RhoScheduler(per="step") reads the step from '
+            "`model.optimizer.iterations`: compile the model first."
+        )
+    return int(keras.ops.convert_to_numpy(optimizer.iterations))
+
+
 class RhoScheduler(keras.callbacks.Callback):
     """Assigns `model.rho` from a schedule before each epoch (or step).
 
@@ -57,8 +73,12 @@ class RhoScheduler(keras.callbacks.Callback):
             `per`, for schedules built without `total` (step decay, step
             increase, cosine). Defaults to None: `fit`'s `epochs`, or
             `epochs * steps` when `per="step"`.
-        per: "epoch" (default) or "step": how often rho is updated. With
-            `steps_per_execution > 1`, "step" updates once per execution.
+        per: "epoch" (default) or "step": how often rho is updated. The
+            step is `model.optimizer.iterations` (the optimizer steps taken
+            so far, restored by `BackupAndRestore`), so a per-step schedule
+            resumes exactly after a restart and continues across `fit`
+            calls; the epoch is `fit`'s. With `steps_per_execution > 1`,
+            "step" updates once per execution.
         verbose: Integer. 0: quiet, 1: print each new value.
 
     >>> import keras, keras_sam, numpy as np
@@ -96,9 +116,6 @@ class RhoScheduler(keras.callbacks.Callback):
         self.per = per
         self.verbose = verbose
         self._active = schedule
-        self._steps = None
-        self._epoch = 0
-        self._seen_steps = 0
 
     def _bind_total(self):
         """The schedule with its `total` filled in, when it needs one."""
@@ -131,8 +148,6 @@ class RhoScheduler(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         rho_variable(self.model, "RhoScheduler")
         self._active = self._bind_total()
-        self._steps = self.params.get("steps")
-        self._seen_steps = 0
 
     def _set(self, t):
         rho = check_scheduled_rho(self._active(t), t, self.per)
@@ -145,19 +160,12 @@ class RhoScheduler(keras.callbacks.Callback):
         return rho
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
         if self.per == "epoch":
             self._set(epoch)
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self.per != "step":
-            return
-        if self._steps:
-            step = self._epoch * self._steps + batch
-        else:
-            step = self._seen_steps
-        self._seen_steps += 1
-        self._set(step)
+        if self.per == "step":
+            self._set(optimizer_step(self.model))
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
