@@ -1,21 +1,29 @@
 """`SAMHyperModel`: a KerasTuner HyperModel that trains with SAM and tunes rho.
 
 Each trial builds a fresh model (from a function, or by cloning a model),
-wraps it in a `SAMModel`, sets rho (and optionally m, the base learning rate
-and a rho schedule) from the trial's hyperparameters, and compiles it. The
-default space is Foret et al.'s grid of rho (section 3.1); `keras_sam.tuner`
-runs the searches.
+wraps it in a `SAMModel` with the trial's rho (and optionally m), and
+compiles it the way the user did: the model's own optimizer (a new one per
+trial, from its config), loss, metrics and other compile arguments; only
+the hyperparameters of the search space (rho, optionally m, the base
+learning rate and a rho schedule) vary. The default space is Foret et al.'s
+grid of rho (section 3.1); `keras_sam.tuner` runs the searches.
+
+KerasTuner is an optional dependency (`pip install "keras_sam[tuning]"`):
+this module imports it when a hypermodel is created, not when it is
+imported.
 """
 
+import functools
 import inspect
 from typing import Any, Callable, Optional, Sequence
 
 import keras
-import keras_tuner
 import numpy as np
 
+from keras_sam import _optional
 from keras_sam import model as model_module
 from keras_sam import sharding
+from keras_sam import trial_setup
 
 PAPER_GRID = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 """Foret et al.'s grid of rho values (section 3.1)."""
@@ -23,8 +31,55 @@ PAPER_GRID = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 BAYESIAN_RHO_RANGE = (0.005, 1.0)
 """Default bounds of the log-uniform rho of `bayesian_search`."""
 
-OBJECTIVE = keras_tuner.Objective("val_accuracy", "max")
-"""Best-epoch validation accuracy: KerasTuner keeps each trial's best epoch."""
+
+def import_keras_tuner():
+    """Imports KerasTuner, or says which keras_sam extra installs it.
+
+    Returns:
+        The `keras_tuner` module.
+
+    Raises:
+        ImportError: If keras-tuner is not installed, naming the
+            `keras_sam[tuning]` extra (keras-tuner and tensorboard).
+    """
+    return _optional.require(
+        "keras_tuner",
+        extra="tuning",
+        feature="keras_sam's rho search (SAMHyperModel, grid_search, "
+        "bayesian_search)",
+    )
+
+
+def default_objective():
+    """Best-epoch validation accuracy, the searches' default score.
+
+    Returns:
+        `keras_tuner.Objective("val_accuracy", "max")`; KerasTuner keeps
+        each trial's best epoch.
+    """
+    return import_keras_tuner().Objective("val_accuracy", "max")
+
+
+def lazy_attribute(module: str, name: str):
+    """`OBJECTIVE` of `module`, built on first use (it needs KerasTuner).
+
+    Args:
+        module: String, the name of the module asked (for the error).
+        name: String, the attribute asked.
+
+    Returns:
+        `default_objective()` for "OBJECTIVE".
+
+    Raises:
+        AttributeError: For any other name.
+    """
+    if name == "OBJECTIVE":
+        return default_objective()
+    raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+
+def __getattr__(name):  # PEP 562: `OBJECTIVE` stays lazy.
+    return lazy_attribute(__name__, name)
 
 
 def check_rho_values(
@@ -58,47 +113,67 @@ def check_rho_range(rho_range, argument: str = "rho_range") -> tuple:
     return low, high
 
 
-def _fresh_copy(obj):
-    """A new optimizer or metric built from `obj`'s config (no shared state)."""
-    if isinstance(obj, keras.optimizers.Optimizer):
-        return keras.optimizers.deserialize(keras.optimizers.serialize(obj))
-    if isinstance(obj, keras.metrics.Metric):
-        return keras.metrics.deserialize(keras.metrics.serialize(obj))
-    return obj
+@functools.cache
+def _tunable_class(cls):
+    """`cls` with `keras_tuner.HyperModel` as a base (made on first use)."""
+    keras_tuner = import_keras_tuner()
+    if issubclass(cls, keras_tuner.HyperModel):
+        return cls
+    return type(
+        cls.__name__,
+        (cls, keras_tuner.HyperModel),
+        {"__module__": cls.__module__, "__qualname__": cls.__qualname__,
+         "__doc__": cls.__doc__},
+    )
 
 
-class SAMHyperModel(keras_tuner.HyperModel):
+class SAMHyperModel:
     """A `keras_tuner.HyperModel` that trains a model with SAM and tunes rho.
 
     Each trial builds a fresh model, from `build_model` or by cloning
-    `model` (`keras.models.clone_model`: new weights), wraps it in a
-    `SAMModel` unless it is one, sets rho (and, when tuned, `m` and the
-    learning rate) from the trial's hyperparameters, and compiles it.
+    `model` (`keras.models.clone_model`: new weights), and makes it a
+    `SAMModel` with the trial's rho (and m, when tuned), keeping every SAM
+    option of a `SAMModel` it builds or clones. It compiles the trial's
+    model the way the user compiled theirs: a model that is compiled (the
+    `model` given, or what `build_model` returns) keeps its optimizer
+    (a new instance per trial, from its class and config), loss, metrics,
+    loss weights and other compile arguments. The arguments given here
+    override the model's; what neither names gets the defaults: "sgd",
+    cross-entropy for integer or one-hot labels
+    (`keras_sam.trial_setup.crossentropy`), and ["accuracy"].
 
     Hyperparameters: "rho" (always), "m", "learning_rate" and
     "rho_schedule" (only when their argument is given). A tuner's own
     `hyperparameters=` overrides these declarations, as usual in KerasTuner.
 
+    Instances are `keras_tuner.HyperModel`s: the class gains that base when
+    the first one is created, so that importing keras_sam does not need
+    KerasTuner; creating one without it raises an `ImportError` naming
+    `pip install "keras_sam[tuning]"`.
+
     Args:
-        build_model: Callable returning an uncompiled `keras.Model` or a
-            `SAMModel`; it receives the trial's `hp` if it takes an
+        build_model: Callable returning a `keras.Model` or a `SAMModel`,
+            compiled or not; it receives the trial's `hp` if it takes an
             argument. Give this or `model` (a model given here is taken as
             `model`).
-        model: A `keras.Model` (or `SAMModel`) to clone for each trial.
+        model: A `keras.Model` (or `SAMModel`), compiled or not, to clone
+            for each trial.
         input_shape: Tuple, the shape of one example, needed only for
             models without defined inputs (see `SAMModel.from_model`).
-        optimizer: Keras optimizer, name or config; copied for each trial.
-            Defaults to "sgd".
-        loss: Keras loss. Defaults to "sparse_categorical_crossentropy".
-        metrics: List of metrics; must produce the tuner's objective
-            (by default "accuracy", logged as "val_accuracy").
+        optimizer: Optional Keras optimizer, name or config, instead of the
+            model's; a new one is built from it for each trial.
+        loss: Optional Keras loss, instead of the model's.
+        metrics: Optional list of metrics, instead of the model's; they
+            must produce the tuner's objective (by default "accuracy",
+            logged as "val_accuracy").
         rho: Sequence of rho values > 0, the grid of "rho". Defaults to
             `PAPER_GRID`.
         rho_range: `(min, max)` with 0 < min < max: tune "rho" log-uniformly
             instead of on a grid. Give `rho` or `rho_range`, not both.
         m: Optional sequence of integers >= 1, the values of "m" (examples
             per perturbation, Foret et al. section 4.1). Not tuned if None.
-        learning_rate: Optional sequence of base learning rates to tune.
+        learning_rate: Optional sequence of base learning rates to tune;
+            each replaces the optimizer's learning rate (or schedule).
         rho_schedule: Optional sequence of schedule names, the values of
             the "rho_schedule" choice: names of `keras_sam.schedules.by_name`
             ("constant", "step_decay", "exp_decay", "step_increase",
@@ -106,22 +181,28 @@ class SAMHyperModel(keras_tuner.HyperModel):
             `keras_sam.callbacks.RhoScheduler`. Or a mapping from names to
             `factory(rho)` returning any schedule `epoch -> rho`. Not tuned
             if None.
-        p: Float > 1 or inf, the perturbation norm of wrapped models.
+        p: Optional float > 1 or inf, the perturbation norm, instead of
+            the model's (a `SAMModel`'s) or SAM's default 2.
         seed: Optional integer; if given, each trial calls
             `keras.utils.set_random_seed(seed)` before building, so that
             trials differ only by their hyperparameters.
-        **compile_kwargs: Other arguments of `Model.compile`.
+        name: Optional string, the hypermodel's name.
+        **compile_kwargs: Other arguments of `Model.compile`, instead of
+            the model's.
 
     Example:
 
     >>> import keras, keras_tuner
     >>> def build():
-    ...     return keras.Sequential([keras.Input((4,)), keras.layers.Dense(3,
-    ...         activation="softmax")])
+    ...     model = keras.Sequential([keras.Input((4,)),
+    ...         keras.layers.Dense(3, activation="softmax")])
+    ...     model.compile(optimizer=keras.optimizers.Adam(0.003),
+    ...         loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    ...     return model
     >>> hypermodel = SAMHyperModel(build, rho=[0.05, 0.1])
     >>> model = hypermodel.build(keras_tuner.HyperParameters())
-    >>> round(float(model.rho.numpy()), 6)
-    0.05
+    >>> round(float(model.rho.numpy()), 6), type(model.optimizer).__name__
+    (0.05, 'Adam')
 
     References:
         Foret et al., "Sharpness-Aware Minimization for Efficiently
@@ -131,21 +212,24 @@ class SAMHyperModel(keras_tuner.HyperModel):
         section 7 (Bayesian optimisation of rho; rho schedules).
     """
 
+    def __new__(cls, *args, **kwargs):
+        return super().__new__(_tunable_class(cls))
+
     def __init__(
         self,
         build_model: Optional[Callable] = None,
         *,
         model: Optional[keras.Model] = None,
         input_shape: Optional[tuple] = None,
-        optimizer: Any = "sgd",
-        loss: Any = "sparse_categorical_crossentropy",
-        metrics: Sequence = ("accuracy",),
+        optimizer: Any = None,
+        loss: Any = None,
+        metrics: Optional[Sequence] = None,
         rho: Optional[Sequence[float]] = None,
         rho_range: Optional[tuple] = None,
         m: Optional[Sequence[int]] = None,
         learning_rate: Optional[Sequence[float]] = None,
         rho_schedule: Optional[dict] = None,
-        p: float = 2.0,
+        p: Optional[float] = None,
         seed: Optional[int] = None,
         name: Optional[str] = None,
         **compile_kwargs,
@@ -153,6 +237,21 @@ class SAMHyperModel(keras_tuner.HyperModel):
         super().__init__(name=name)
         if isinstance(build_model, keras.Model) and model is None:
             build_model, model = None, build_model
+        self._check_source(build_model, model)
+        self._set_space(rho, rho_range, m, learning_rate, rho_schedule)
+        self.build_model = build_model
+        self.model = model
+        self.input_shape = input_shape
+        given = dict(optimizer=optimizer, loss=loss, metrics=metrics)
+        given.update(compile_kwargs)
+        self.compile_overrides = {
+            key: value for key, value in given.items() if value is not None
+        }
+        self.p = p
+        self.seed = seed
+
+    @staticmethod
+    def _check_source(build_model, model):
         if (build_model is None) == (model is None):
             raise ValueError(
                 "Pass exactly one of `build_model` (a function returning a "
@@ -165,6 +264,9 @@ class SAMHyperModel(keras_tuner.HyperModel):
                 "pass a model instance as `model=`. Received: "
                 f"build_model={build_model!r}"
             )
+
+    def _set_space(self, rho, rho_range, m, learning_rate, rho_schedule):
+        """Checks and keeps the values of the hyperparameters."""
         if rho is not None and rho_range is not None:
             raise ValueError(
                 "Pass `rho` (a grid) or `rho_range` (log-uniform bounds), not "
@@ -185,16 +287,6 @@ class SAMHyperModel(keras_tuner.HyperModel):
         self.rho_schedule = None
         if rho_schedule is not None:
             self.rho_schedule = self._check_schedules(rho_schedule)
-        self.build_model = build_model
-        self.model = model
-        self.input_shape = input_shape
-        self.optimizer = optimizer
-        self.loss = loss
-        self.metrics = list(metrics)
-        self.p = p
-        self.seed = seed
-        self.compile_kwargs = compile_kwargs
-
     @staticmethod
     def _check_m_values(m_values) -> tuple:
         values = tuple(m_values)
@@ -250,63 +342,101 @@ class SAMHyperModel(keras_tuner.HyperModel):
         return values
 
     def _base_model(self, hp):
-        """The trial's model before SAM wrapping: built or cloned fresh."""
-        if self.build_model is not None:
-            try:
-                takes_hp = bool(inspect.signature(self.build_model).parameters)
-            except (TypeError, ValueError):
-                takes_hp = True
-            built = self.build_model(hp) if takes_hp else self.build_model()
-            if not isinstance(built, keras.Model):
-                raise TypeError(
-                    "`build_model` must return a keras.Model. Received: "
-                    f"{built!r} of type {type(built).__name__}"
-                )
-            return built, {}
-        source, sam_kwargs = self.model, {}
-        if isinstance(source, model_module.SAMModel):
-            # clone_model drops SAMModel's own arguments: clone the graph.
-            sam_kwargs = {"m": source.m, "p": source.p}
-            source = keras.Model(
-                source.inputs, source.outputs, name=source.name
+        """The trial's model before SAM, and the model it copies.
+
+        Returns:
+            `(model, source)`: a freshly built model (then `source` is the
+            same model) or a fresh clone of `self.model` (then `source` is
+            `self.model`), whose compile and SAM setup the trial keeps.
+        """
+        if self.build_model is None:
+            return trial_setup.plain_clone(self.model), self.model
+        try:
+            takes_hp = bool(inspect.signature(self.build_model).parameters)
+        except (TypeError, ValueError):
+            takes_hp = True
+        built = self.build_model(hp) if takes_hp else self.build_model()
+        if not isinstance(built, keras.Model):
+            raise TypeError(
+                "`build_model` must return a keras.Model. Received: "
+                f"{built!r} of type {type(built).__name__}"
             )
-        return keras.models.clone_model(source), sam_kwargs
+        return built, built
+
+    def _sam_model(self, model, source, values: dict):
+        """`model` as a `SAMModel` with the trial's rho and m.
+
+        Every SAM option of `source` (if a `SAMModel`) is kept; `p` (if
+        given) and the trial's "m" replace theirs.
+        """
+        options = {}
+        if isinstance(source, model_module.SAMModel):
+            options = trial_setup.sam_config(source)
+            del options["rho"]
+        if self.p is not None:
+            options["p"] = self.p
+        if "m" in values:
+            options["m"] = sharding.check_m(values["m"])
+        rho = model_module.check_rho(values["rho"])
+        if isinstance(model, model_module.SAMModel):
+            current = trial_setup.sam_config(model)
+            if all(current[k] == v for k, v in options.items()):
+                model.rho.assign(rho)  # already the trial's SAM: keep it
+                return model
+            model = self._rewrappable(model, options)
+        return model_module.SAMModel.from_model(
+            model, input_shape=self.input_shape, rho=rho, **options
+        )
+
+    @staticmethod
+    def _rewrappable(model, options: dict):
+        """The plain graph of a built `SAMModel` whose options must change."""
+        plain = trial_setup.plain_graph(model)
+        if plain is model:
+            raise ValueError(
+                f"`build_model` returned {model.name!r}, a SAMModel without "
+                "a functional graph, so the trial cannot rebuild it with "
+                f"{options}. Read the trial's values in `build_model` "
+                "instead (e.g. `SAMModel(..., m=hp.get('m'))`), or return "
+                "a functional or Sequential model."
+            )
+        return plain
 
     def build(self, hp):
+        """Builds, wraps and compiles the model of one trial.
+
+        Args:
+            hp: The trial's `keras_tuner.HyperParameters`.
+
+        Returns:
+            A compiled `SAMModel` with the trial's hyperparameters.
+        """
         values = self.declare(hp)
         if self.seed is not None:
             keras.utils.set_random_seed(self.seed)
-        model, sam_kwargs = self._base_model(hp)
-        rho = model_module.check_rho(values["rho"])
-        if isinstance(model, model_module.SAMModel):
-            model.rho.assign(rho)
-            if "m" in values:
-                model.m = sharding.check_m(values["m"])
-        else:
-            sam_kwargs.setdefault("p", self.p)
-            if "m" in values:
-                sam_kwargs["m"] = values["m"]
-            model = model_module.SAMModel.from_model(
-                model, input_shape=self.input_shape, rho=rho, **sam_kwargs
-            )
-        optimizer = self.optimizer
-        if isinstance(optimizer, str):
-            optimizer = keras.optimizers.get(optimizer)
-        if isinstance(optimizer, dict):
-            optimizer = keras.optimizers.deserialize(optimizer)
-        if "learning_rate" in values:
-            config = keras.optimizers.serialize(optimizer)
-            config["config"]["learning_rate"] = values["learning_rate"]
-            optimizer = keras.optimizers.deserialize(config)
+        model, source = self._base_model(hp)
+        arguments = trial_setup.compile_arguments(source) or {}
+        arguments.update(self.compile_overrides)
+        model = self._sam_model(model, source, values)
         model.compile(
-            optimizer=_fresh_copy(optimizer),
-            loss=self.loss,
-            metrics=[_fresh_copy(metric) for metric in self.metrics],
-            **self.compile_kwargs,
+            **trial_setup.fresh_compile_kwargs(
+                arguments, values.get("learning_rate")
+            )
         )
         return model
 
     def fit(self, hp, model, *args, **kwargs):
+        """Trains one trial, with its rho schedule when one is tuned.
+
+        Args:
+            hp: The trial's `keras_tuner.HyperParameters`.
+            model: The model `build` returned.
+            *args: Positional arguments of `Model.fit`.
+            **kwargs: Keyword arguments of `Model.fit`.
+
+        Returns:
+            The `History` of `model.fit`.
+        """
         if self.rho_schedule:
             from keras_sam import schedules
             from keras_sam.callbacks import RhoScheduler

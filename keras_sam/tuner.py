@@ -7,31 +7,36 @@ module runs that search (`grid_search`), or a Gaussian-process search over a
 log-uniform rho (`bayesian_search`), on a `SAMHyperModel` around any Keras
 model, with KerasTuner's on-disk oracle: run the same call again
 (`overwrite=False`, same `directory` and `project_name`) and an interrupted
-search resumes where it stopped.
+search resumes where it stopped. Both are thin wrappers of one runner,
+`run_search`. Each trial trains the user's model as the user compiled it;
+only the hyperparameters of the search space vary (see `SAMHyperModel`).
 
     train, validation = clean_validation_split(x, y)   # before the noise
     train.y = label_noise(train.y)                     # training part only
     for rho in space:                                  # one trial each
         score[rho] = max over epochs of validation accuracy
     best rho = argmax score
+
+KerasTuner is an optional dependency, imported when a search runs:
+`pip install "keras_sam[tuning]"`.
 """
 
+import functools
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
-import keras_tuner
 import numpy as np
 
 from keras_sam import datasets
+from keras_sam import hypermodel as hypermodel_module
 from keras_sam.hypermodel import BAYESIAN_RHO_RANGE
-from keras_sam.hypermodel import OBJECTIVE
 from keras_sam.hypermodel import PAPER_GRID
 from keras_sam.hypermodel import SAMHyperModel
 from keras_sam.hypermodel import check_rho_range
 from keras_sam.hypermodel import check_rho_values
+from keras_sam.hypermodel import import_keras_tuner
 
 __all__ = [
     "BAYESIAN_RHO_RANGE",
-    "OBJECTIVE",
     "PAPER_GRID",
     "SAMHyperModel",
     "SearchData",
@@ -39,7 +44,12 @@ __all__ = [
     "bayesian_search",
     "grid_search",
     "prepare_search_data",
+    "run_search",
 ]
+
+
+def __getattr__(name):  # PEP 562: `OBJECTIVE` needs KerasTuner: lazy.
+    return hypermodel_module.lazy_attribute(__name__, name)
 
 
 class SearchData(NamedTuple):
@@ -68,7 +78,7 @@ def prepare_search_data(
 
     Args:
         x: Training inputs, examples along the first axis.
-        y: Clean integer training labels.
+        y: Clean training labels: integers, or one-hot rows.
         validation_data: Optional `(x_val, y_val)` with clean labels; if
             None, `validation_fraction` of `(x, y)` is held out.
         validation_fraction: Float in (0, 1), the share held out. Defaults
@@ -88,35 +98,10 @@ def prepare_search_data(
     References:
         Foret et al. 2021, section 3.1 and appendix C.1.
     """
-    x, y = np.asarray(x), np.asarray(y)
-    if validation_data is not None:
-        x_val, y_val = (np.asarray(a) for a in validation_data)
-        if len(y_val) == 0 or len(x_val) != len(y_val):
-            raise ValueError(
-                "`validation_data` must hold matching, non-empty inputs and "
-                f"labels to score rho on. Received {len(x_val)} inputs and "
-                f"{len(y_val)} labels: pass held-out examples with clean "
-                "labels, or validation_data=None to hold out "
-                "`validation_fraction` of the training set."
-            )
-        train, validation = datasets.Split(x, y), datasets.Split(x_val, y_val)
-    else:
-        n_val = (
-            int(round(validation_fraction * len(y)))
-            if 0 < validation_fraction < 1
-            else 0
-        )
-        if n_val == 0 or n_val >= len(y):
-            raise ValueError(
-                "`validation_fraction` must hold out at least one example and "
-                f"leave some for training. Received: validation_fraction="
-                f"{validation_fraction!r} of {len(y)} examples gives "
-                f"{n_val} validation examples. Use a fraction in (0, 1) such "
-                "as 0.1, more data, or pass `validation_data`."
-            )
-        train, validation = datasets.clean_validation_split(
-            x, y, fraction=validation_fraction, seed=seed
-        )
+    train, validation = _held_out(
+        np.asarray(x), np.asarray(y), validation_data, validation_fraction,
+        seed,
+    )
     noise = None
     if label_noise is not None:
         noise = label_noise(train.y)
@@ -129,6 +114,37 @@ def prepare_search_data(
             )
         train = datasets.Split(train.x, labels)
     return SearchData(train, validation, noise)
+
+
+def _held_out(x, y, validation_data, validation_fraction, seed) -> tuple:
+    """`(train, validation)` Splits: `validation_data`, or a held-out part."""
+    if validation_data is not None:
+        x_val, y_val = (np.asarray(a) for a in validation_data)
+        if len(y_val) == 0 or len(x_val) != len(y_val):
+            raise ValueError(
+                "`validation_data` must hold matching, non-empty inputs and "
+                f"labels to score rho on. Received {len(x_val)} inputs and "
+                f"{len(y_val)} labels: pass held-out examples with clean "
+                "labels, or validation_data=None to hold out "
+                "`validation_fraction` of the training set."
+            )
+        return datasets.Split(x, y), datasets.Split(x_val, y_val)
+    n_val = (
+        int(round(validation_fraction * len(y)))
+        if 0 < validation_fraction < 1
+        else 0
+    )
+    if n_val == 0 or n_val >= len(y):
+        raise ValueError(
+            "`validation_fraction` must hold out at least one example and "
+            f"leave some for training. Received: validation_fraction="
+            f"{validation_fraction!r} of {len(y)} examples gives "
+            f"{n_val} validation examples. Use a fraction in (0, 1) such "
+            "as 0.1, more data, or pass `validation_data`."
+        )
+    return datasets.clean_validation_split(
+        x, y, fraction=validation_fraction, seed=seed
+    )
 
 
 class SearchResult(NamedTuple):
@@ -145,45 +161,61 @@ class SearchResult(NamedTuple):
     best_score: float
     best_hyperparameters: dict
     trials: list
-    tuner: keras_tuner.Tuner
+    tuner: Any
     data: SearchData
 
 
-class _ResumableGridSearchOracle(keras_tuner.oracles.GridSearchOracle):
-    """`GridSearchOracle` that can continue a reloaded search.
+@functools.cache
+def _resumable_grid_oracle():
+    """KerasTuner's `GridSearchOracle`, able to continue a reloaded search.
 
     KerasTuner 1.4.8 does not save the grid oracle's walk through the grid
     (keras-team/keras-tuner#1055): a reloaded grid search stops at once.
-    This rebuilds that state from the reloaded trials.
+    No public API sets that walk, so `set_state` rebuilds it from the
+    reloaded trials, in the oracle's private `_ordered_ids` (the trial ids
+    in grid order) and `_populate_next` (the trials whose successors are
+    to be tried). This is the only use of KerasTuner's private API here;
+    drop it once KerasTuner saves that state.
     """
+    keras_tuner = import_keras_tuner()
 
-    def set_state(self, state):
-        super().set_state(state)
-        hps = self.get_space()
-        names = [hp.name for hp in hps.space]
-        orders = {
-            hp.name: [hp.default]
-            + [v for v in hp.values if v != hp.default]
-            for hp in hps.space
-        }
+    class ResumableGridSearchOracle(keras_tuner.oracles.GridSearchOracle):
+        def set_state(self, state):
+            super().set_state(state)
+            ordered = sorted(self.start_order, key=_grid_position(self))
+            self._ordered_ids = type(self._ordered_ids)()
+            for trial_id in ordered:
+                self._ordered_ids.insert(trial_id)
+            self._populate_next = list(ordered)
 
-        def position(trial_id):
-            values = self.trials[trial_id].hyperparameters.values
-            return tuple(
-                orders[n].index(values[n]) if n in values else -1
-                for n in names
-            )
-
-        ordered = sorted(self.start_order, key=position)
-        self._ordered_ids = type(self._ordered_ids)()
-        for trial_id in ordered:
-            self._ordered_ids.insert(trial_id)
-        self._populate_next = list(ordered)
+    return ResumableGridSearchOracle
 
 
-def _space(hyperparameters, default):
-    """The tuner's search space: the user's (checked for rho) or `default`."""
+def _grid_position(oracle) -> Callable:
+    """A key that sorts `oracle`'s trial ids in the order of its grid."""
+    space = oracle.get_space().space
+    orders = {
+        hp.name: [hp.default] + [v for v in hp.values if v != hp.default]
+        for hp in space
+    }
+
+    def position(trial_id):
+        values = oracle.trials[trial_id].hyperparameters.values
+        return tuple(
+            orders[hp.name].index(values[hp.name])
+            if hp.name in values
+            else -1
+            for hp in space
+        )
+
+    return position
+
+
+def _space(keras_tuner, declare_rho: Callable, hyperparameters):
+    """The search space: the user's (checked for rho) or the default rho."""
     if hyperparameters is None:
+        default = keras_tuner.HyperParameters()
+        declare_rho(default)
         return default
     if not isinstance(hyperparameters, keras_tuner.HyperParameters):
         raise ValueError(
@@ -201,22 +233,8 @@ def _space(hyperparameters, default):
     return hyperparameters
 
 
-def _as_hypermodel(hypermodel) -> keras_tuner.HyperModel:
-    if isinstance(hypermodel, keras_tuner.HyperModel):
-        return hypermodel
-    return SAMHyperModel(hypermodel)
-
-
-def _run(tuner, data: SearchData, **fit_kwargs) -> SearchResult:
-    """Runs (or resumes) `tuner` on `data` and tabulates its trials."""
-    fit_kwargs["callbacks"] = list(fit_kwargs["callbacks"] or [])
-    tuner.search(
-        data.train.x,
-        data.train.y,
-        validation_data=(data.validation.x, data.validation.y),
-        **fit_kwargs,
-    )
-    oracle = tuner.oracle
+def _trial_rows(oracle) -> list:
+    """One row per trial of `oracle`, in start order, with the same keys."""
     names = []
     for trial_id in oracle.start_order:
         for name in oracle.trials[trial_id].hyperparameters.values:
@@ -235,6 +253,13 @@ def _run(tuner, data: SearchData, **fit_kwargs) -> SearchResult:
             status=trial.status,
         )
         rows.append(row)
+    return rows
+
+
+def _result(tuner, data: SearchData) -> SearchResult:
+    """The `SearchResult` of a finished `tuner`."""
+    oracle = tuner.oracle
+    rows = _trial_rows(oracle)
     done = [row for row in rows if row["score"] is not None]
     if not done:
         messages = [oracle.trials[r["trial_id"]].message for r in rows]
@@ -254,50 +279,89 @@ def _run(tuner, data: SearchData, **fit_kwargs) -> SearchResult:
     )
 
 
+def run_search(
+    make_tuner: Callable, declare_rho: Callable, hypermodel, x, y, *,
+    directory: str, project_name: str, hyperparameters=None,
+    epochs: int = 10, batch_size: int = 32,
+    validation_data: Optional[tuple] = None, validation_fraction: float = 0.1,
+    label_noise: Optional[Callable] = None, seed: int = 0, objective=None,
+    overwrite: bool = False, callbacks: Optional[list] = None,
+    verbose: int = 0,
+) -> SearchResult:
+    """Runs (or resumes) a KerasTuner search of rho: the searches' body.
+
+    Args:
+        make_tuner: `make_tuner(keras_tuner, **kwargs)` returning a tuner
+            made with `kwargs` (hypermodel, objective, hyperparameters,
+            seed, directory, project_name, overwrite).
+        declare_rho: `declare_rho(hp)` declares the default "rho".
+        hypermodel, x, y, directory, project_name: See `grid_search`.
+        hyperparameters: Optional `keras_tuner.HyperParameters`, the whole
+            space instead of the default rho; must declare "rho".
+        epochs, batch_size, callbacks, verbose: Arguments of each trial's
+            `fit` (`verbose` is KerasTuner's too).
+        validation_data, validation_fraction, label_noise: See
+            `prepare_search_data`.
+        seed: Integer seed of the held-out split and of the tuner.
+        objective: The score; None is `default_objective()`, the best
+            epoch's "val_accuracy".
+        overwrite: Boolean, whether to discard a previous search.
+
+    Returns:
+        A `SearchResult`.
+
+    Raises:
+        ImportError: If keras-tuner is not installed.
+    """
+    keras_tuner = import_keras_tuner()
+    space = _space(keras_tuner, declare_rho, hyperparameters)
+    data = prepare_search_data(
+        x, y, validation_data=validation_data,
+        validation_fraction=validation_fraction, label_noise=label_noise,
+        seed=seed,
+    )
+    if not isinstance(hypermodel, keras_tuner.HyperModel):
+        hypermodel = SAMHyperModel(hypermodel)
+    if objective is None:
+        objective = hypermodel_module.default_objective()
+    tuner = make_tuner(
+        keras_tuner, hypermodel=hypermodel, objective=objective,
+        hyperparameters=space, seed=seed, directory=directory,
+        project_name=project_name, overwrite=overwrite,
+    )
+    tuner.search(
+        data.train.x, data.train.y,
+        validation_data=(data.validation.x, data.validation.y),
+        epochs=epochs, batch_size=batch_size,
+        callbacks=list(callbacks or []), verbose=verbose,
+    )
+    return _result(tuner, data)
+
+
 def grid_search(
-    hypermodel,
-    x,
-    y,
-    *,
-    directory: str,
+    hypermodel, x, y, *, directory: str,
     project_name: str = "rho_grid_search",
     rho_values: Sequence[float] = PAPER_GRID,
-    hyperparameters: Optional[keras_tuner.HyperParameters] = None,
-    max_trials: Optional[int] = None,
-    epochs: int = 10,
-    batch_size: int = 32,
-    validation_data: Optional[tuple] = None,
-    validation_fraction: float = 0.1,
-    label_noise: Optional[Callable] = None,
-    seed: int = 0,
-    objective=OBJECTIVE,
-    overwrite: bool = False,
-    callbacks: Optional[list] = None,
-    verbose: int = 0,
+    max_trials: Optional[int] = None, **search_kwargs,
 ) -> SearchResult:
     """Grid search of rho scored on a clean validation split.
 
     Args:
         hypermodel: A `SAMHyperModel`, any `keras_tuner.HyperModel`, a
-            model-building function or a Keras model to clone.
+            model-building function or a Keras model to clone; a compiled
+            model keeps its compile (see `SAMHyperModel`).
         x: Training inputs.
-        y: Clean integer training labels (see `prepare_search_data`).
-        directory: String, where KerasTuner keeps the search; run again with
-            the same `directory`, `project_name` and `overwrite=False` to
-            resume an interrupted search.
+        y: Clean training labels, integers or one-hot.
+        directory: String, where KerasTuner keeps the search; run again
+            with the same `directory`, `project_name` and overwrite=False
+            to resume an interrupted search.
         project_name: String, the search's sub-directory.
         rho_values: The grid of rho. Defaults to `PAPER_GRID`.
-        hyperparameters: Optional `keras_tuner.HyperParameters`, the whole
-            space instead of `rho_values`; must declare "rho".
         max_trials: Optional integer; None searches the whole grid.
-        epochs: Integer, epochs per trial.
-        batch_size: Integer.
-        validation_data, validation_fraction, label_noise, seed: See
-            `prepare_search_data`.
-        objective: The score, by default the best epoch's "val_accuracy".
-        overwrite: Boolean, whether to discard a previous search.
-        callbacks: Optional list of Keras callbacks for every trial.
-        verbose: Integer, verbosity of KerasTuner and `fit`.
+        **search_kwargs: `hyperparameters` (a whole space instead of
+            `rho_values`), `epochs`, `batch_size`, `validation_data`,
+            `validation_fraction`, `label_noise`, `seed`, `objective`,
+            `overwrite`, `callbacks`, `verbose`: see `run_search`.
 
     Returns:
         A `SearchResult`.
@@ -314,64 +378,31 @@ def grid_search(
 
     References:
         Foret et al. 2021, section 3.1 (grid {0.01, 0.02, 0.05, 0.1, 0.2,
-        0.5}, 10% validation split) and appendix C.1 (clean validation set
-        for noisy labels).
+        0.5}, 10% validation split), appendix C.1 (clean validation set).
     """
-    default = keras_tuner.HyperParameters()
-    default.Choice("rho", list(check_rho_values(rho_values)))
-    space = _space(hyperparameters, default)
-    data = prepare_search_data(
-        x,
-        y,
-        validation_data=validation_data,
-        validation_fraction=validation_fraction,
-        label_noise=label_noise,
-        seed=seed,
-    )
-    oracle = _ResumableGridSearchOracle(
-        objective=objective,
-        max_trials=max_trials,
-        hyperparameters=space,
-        seed=seed,
-    )
-    tuner = keras_tuner.Tuner(
-        oracle=oracle,
-        hypermodel=_as_hypermodel(hypermodel),
-        directory=directory,
-        project_name=project_name,
-        overwrite=overwrite,
-    )
-    return _run(
-        tuner,
-        data,
-        epochs=epochs,
-        batch_size=batch_size,
-        callbacks=callbacks,
-        verbose=verbose,
+    values = list(check_rho_values(rho_values))
+
+    def make_tuner(keras_tuner, objective, hyperparameters, seed, **kwargs):
+        oracle = _resumable_grid_oracle()(
+            objective=objective, max_trials=max_trials,
+            hyperparameters=hyperparameters, seed=seed,
+        )
+        return keras_tuner.Tuner(oracle=oracle, **kwargs)
+
+    def declare_rho(hp):
+        hp.Choice("rho", values)
+
+    return run_search(
+        make_tuner, declare_rho, hypermodel, x, y, directory=directory,
+        project_name=project_name, **search_kwargs,
     )
 
 
 def bayesian_search(
-    hypermodel,
-    x,
-    y,
-    *,
-    directory: str,
+    hypermodel, x, y, *, directory: str,
     project_name: str = "rho_bayesian_search",
-    rho_range: tuple = BAYESIAN_RHO_RANGE,
-    hyperparameters: Optional[keras_tuner.HyperParameters] = None,
-    max_trials: int = 10,
-    num_initial_points: Optional[int] = None,
-    epochs: int = 10,
-    batch_size: int = 32,
-    validation_data: Optional[tuple] = None,
-    validation_fraction: float = 0.1,
-    label_noise: Optional[Callable] = None,
-    seed: int = 0,
-    objective=OBJECTIVE,
-    overwrite: bool = False,
-    callbacks: Optional[list] = None,
-    verbose: int = 0,
+    rho_range: tuple = BAYESIAN_RHO_RANGE, max_trials: int = 10,
+    num_initial_points: Optional[int] = None, **search_kwargs,
 ) -> SearchResult:
     """Bayesian optimisation (Gaussian process) of a log-uniform rho.
 
@@ -388,12 +419,15 @@ def bayesian_search(
     Returns:
         A `SearchResult`.
 
+    A compiled model is searched with its own compile (here Adam):
+
     >>> import keras, numpy as np, tempfile
-    >>> def build():
-    ...     return keras.Sequential([keras.Input((4,)), keras.layers.Dense(2,
-    ...         activation="softmax")])
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2,
+    ...     activation="softmax")])
+    >>> model.compile(optimizer="adam", metrics=["accuracy"],
+    ...               loss="sparse_categorical_crossentropy")
     >>> x, y = np.random.rand(40, 4), np.arange(40) % 2
-    >>> result = bayesian_search(build, x, y, directory=tempfile.mkdtemp(),
+    >>> result = bayesian_search(model, x, y, directory=tempfile.mkdtemp(),
     ...                          max_trials=2, epochs=1)
     >>> 0.005 <= result.best_rho <= 1.0
     True
@@ -403,33 +437,17 @@ def bayesian_search(
         7 (Bayesian optimisation of rho); Foret et al. 2021, appendix C.1.
     """
     low, high = check_rho_range(rho_range)
-    default = keras_tuner.HyperParameters()
-    default.Float("rho", low, high, sampling="log")
-    space = _space(hyperparameters, default)
-    data = prepare_search_data(
-        x,
-        y,
-        validation_data=validation_data,
-        validation_fraction=validation_fraction,
-        label_noise=label_noise,
-        seed=seed,
-    )
-    tuner = keras_tuner.BayesianOptimization(
-        hypermodel=_as_hypermodel(hypermodel),
-        objective=objective,
-        max_trials=max_trials,
-        num_initial_points=num_initial_points,
-        hyperparameters=space,
-        seed=seed,
-        directory=directory,
-        project_name=project_name,
-        overwrite=overwrite,
-    )
-    return _run(
-        tuner,
-        data,
-        epochs=epochs,
-        batch_size=batch_size,
-        callbacks=callbacks,
-        verbose=verbose,
+
+    def make_tuner(keras_tuner, **kwargs):
+        return keras_tuner.BayesianOptimization(
+            max_trials=max_trials, num_initial_points=num_initial_points,
+            **kwargs,
+        )
+
+    def declare_rho(hp):
+        hp.Float("rho", low, high, sampling="log")
+
+    return run_search(
+        make_tuner, declare_rho, hypermodel, x, y, directory=directory,
+        project_name=project_name, **search_kwargs,
     )

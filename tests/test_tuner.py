@@ -1,6 +1,9 @@
 """Tests of keras_sam.tuner: grid and Bayesian rho search with KerasTuner."""
 
 import functools
+import subprocess
+import sys
+import textwrap
 
 import keras
 import keras_tuner
@@ -261,3 +264,95 @@ def test_grid_search_resumes_a_trial_killed_mid_run(data, tmp_path):
     assert InterruptedHyperModel.fits == 2  # the killed trial, then the next
     assert [r["rho"] for r in result.trials] == list(tuner.PAPER_GRID[:3])
     assert all(r["status"] == "COMPLETED" for r in result.trials)
+
+
+class RecordOptimizers(keras.callbacks.Callback):
+    """Records each trial's optimizer (KerasTuner copies callbacks)."""
+
+    seen = []
+
+    def on_train_end(self, logs=None):
+        RecordOptimizers.seen.append(self.model.optimizer)
+
+
+def test_search_trains_with_the_users_optimizer(data, tmp_path):
+    model = build_tiny()
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.003, beta_1=0.8, beta_2=0.95),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    RecordOptimizers.seen = []
+    result = tuner.grid_search(
+        model, *data, directory=tmp_path, rho_values=[0.05, 0.1], epochs=1,
+        batch_size=16, callbacks=[RecordOptimizers()],
+    )
+    assert [row["status"] for row in result.trials] == ["COMPLETED"] * 2
+    first, second = RecordOptimizers.seen
+    assert first is not second and first is not model.optimizer
+    for optimizer in (first, second):
+        assert type(optimizer) is keras.optimizers.Adam
+        assert float(optimizer.learning_rate.numpy()) == pytest.approx(0.003)
+        assert (optimizer.beta_1, optimizer.beta_2) == (0.8, 0.95)
+        assert int(optimizer.iterations.numpy()) == 4  # 54 examples / 16
+
+
+def build_compiled_one_hot():
+    model = build_tiny()
+    model.compile(
+        optimizer="adam", loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+@pytest.mark.parametrize(
+    "search, hypermodel",
+    [("grid", build_compiled_one_hot), ("bayesian", build_tiny)],
+)
+def test_one_hot_labels(search, hypermodel, data, tmp_path):
+    x, y = data
+    one_hot = keras.utils.to_categorical(y, NUM_CLASSES)
+    run = tuner.grid_search if search == "grid" else tuner.bayesian_search
+    result = run(
+        hypermodel, x, one_hot, directory=tmp_path, max_trials=2, epochs=1,
+        batch_size=16,
+    )
+    assert [row["status"] for row in result.trials] == ["COMPLETED"] * 2
+    scores = [row["score"] for row in result.trials]
+    assert all(np.isfinite(s) and 0.0 <= s <= 1.0 for s in scores)
+    assert result.data.validation.y.shape == (6, NUM_CLASSES)
+
+
+def test_import_without_keras_tuner():
+    """keras_sam imports without keras-tuner; a search names the extra."""
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["keras_tuner"] = None  # as if not installed
+        import keras_sam
+        from keras_sam import tuner
+        for call in (
+            lambda: keras_sam.grid_search(None, [[0.0]], [0], directory="."),
+            lambda: keras_sam.SAMHyperModel(lambda: None),
+            lambda: tuner.OBJECTIVE,
+        ):
+            try:
+                call()
+            except ImportError as error:
+                print("ImportError:", error)
+        print("keras_tuner" in sys.modules and sys.modules["keras_tuner"])
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    errors = [line for line in out.stdout.splitlines()
+              if line.startswith("ImportError:")]
+    assert len(errors) == 3
+    for line in errors:
+        assert "keras-tuner" in line
+        assert 'pip install "keras_sam[tuning]"' in line
+    assert out.stdout.splitlines()[-1] == "None"  # never imported

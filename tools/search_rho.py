@@ -208,13 +208,8 @@ def format_table(rows) -> str:
     return "\n".join(lines)
 
 
-def search_and_report(config: dict) -> tuner.SearchResult:
-    """Runs the search described by `config` and writes its results."""
-    keras.utils.set_random_seed(config["seed"])
-    x, y, x_test, y_test, num_classes = load_data(
-        config["dataset"], config["model"] == "cnn", config["data_dir"],
-        config["seed"],
-    )
+def run_search(config: dict, x, y, num_classes) -> tuner.SearchResult:
+    """The grid or Bayesian search of rho that `config` describes."""
     label_noise = None
     if config["noise_rate"] > 0:
         label_noise = functools.partial(
@@ -235,11 +230,9 @@ def search_and_report(config: dict) -> tuner.SearchResult:
         metrics=["accuracy"],
         seed=config["seed"],
     )
-    name = run_name(config)
     common = dict(
         directory=config["output_dir"],
-        project_name=name,
-        max_trials=config["trials"],
+        project_name=run_name(config),
         epochs=config["epochs"],
         batch_size=config["batch_size"],
         validation_fraction=config["validation_fraction"],
@@ -249,16 +242,18 @@ def search_and_report(config: dict) -> tuner.SearchResult:
         verbose=config["verbose"],
     )
     if config["search"] == "grid":
-        result = tuner.grid_search(
-            hypermodel, x, y, rho_values=config["rho_values"], **common
+        return tuner.grid_search(
+            hypermodel, x, y, rho_values=config["rho_values"],
+            max_trials=config["trials"], **common
         )
-    else:
-        common["max_trials"] = config["trials"] or 10
-        result = tuner.bayesian_search(
-            hypermodel, x, y,
-            rho_range=(config["rho_min"], config["rho_max"]), **common
-        )
-    # Clean test accuracy of each trial's best-epoch checkpoint, for context.
+    return tuner.bayesian_search(
+        hypermodel, x, y, rho_range=(config["rho_min"], config["rho_max"]),
+        max_trials=config["trials"] or 10, **common
+    )
+
+
+def add_test_accuracy(result: tuner.SearchResult, x_test, y_test):
+    """Adds the clean test accuracy of each trial's best epoch to its row."""
     for row in result.trials:
         row["test_accuracy"] = None
         if row["status"] == "COMPLETED":
@@ -270,9 +265,20 @@ def search_and_report(config: dict) -> tuner.SearchResult:
                 model.evaluate(x_test, y_test, verbose=0,
                                return_dict=True)["accuracy"]
             )
+
+
+def search_and_report(config: dict) -> tuner.SearchResult:
+    """Runs the search described by `config` and writes its results."""
+    keras.utils.set_random_seed(config["seed"])
+    x, y, x_test, y_test, num_classes = load_data(
+        config["dataset"], config["model"] == "cnn", config["data_dir"],
+        config["seed"],
+    )
+    result = run_search(config, x, y, num_classes)
+    add_test_accuracy(result, x_test, y_test)  # for context
     out_dir = result.tuner.project_dir
     write_csv(result.trials, os.path.join(out_dir, "trials.csv"))
-    plot(result.trials, result, name, os.path.join(
+    plot(result.trials, result, run_name(config), os.path.join(
         out_dir, "val_accuracy_vs_rho.png"))
     print(format_table(result.trials))
     print(
