@@ -25,6 +25,7 @@ from experiments import data as data_lib
 from experiments import models
 from keras_sam import schedules
 from keras_sam.callbacks import NoiseMonitor
+from keras_sam.distribution import enable_multi_worker_fit
 from keras_sam.callbacks import RhoScheduler
 
 
@@ -224,7 +225,10 @@ def build_model(config, data, method: Method, seed: int, steps: int):
         config.model, data.input_shape, data.num_classes, data.mean,
         data.std, **config.model_kwargs,
     )
-    model = _wrap(base, method)
+    # fit/evaluate under MultiWorkerMirroredStrategy need the workarounds of
+    # keras_sam.distribution (keras-team/keras#20585, tensorflow#72388);
+    # they change nothing under any other strategy.
+    model = enable_multi_worker_fit(_wrap(base, method))
     learning_rate = config.learning_rate
     if config.lr_schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(

@@ -48,6 +48,8 @@ inside TensorFlow:
 
 import functools
 import inspect
+import json
+import socket
 
 import keras
 import tensorflow as tf
@@ -252,3 +254,34 @@ def enable_multi_worker_fit(model):
     if getattr(model, "compiled", False):
         check_distribution_settings(model)
     return model
+
+
+def local_tf_configs(num_workers):
+    """`TF_CONFIG` values of a cluster of `num_workers` on localhost.
+
+    The ports were free a moment ago (bound, read and released).
+
+    Args:
+        num_workers: Positive integer.
+
+    Returns:
+        A list of JSON strings, the `TF_CONFIG` of worker 0, 1, ...
+    """
+    sockets = []
+    try:
+        for _ in range(num_workers):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("localhost", 0))
+            sockets.append(sock)
+        ports = [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+    workers = [f"localhost:{port}" for port in ports]
+    return [
+        json.dumps({
+            "cluster": {"worker": workers},
+            "task": {"type": "worker", "index": index},
+        })
+        for index in range(num_workers)
+    ]

@@ -23,7 +23,6 @@ import importlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,28 +30,6 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_ports(count):
-    """`count` distinct localhost ports that were free a moment ago."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("localhost", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def tf_config(ports, index):
-    """The `TF_CONFIG` JSON of worker `index` in a localhost cluster."""
-    return json.dumps({
-        "cluster": {"worker": [f"localhost:{port}" for port in ports]},
-        "task": {"type": "worker", "index": index},
-    })
 
 
 def save(out, index, **arrays):
@@ -79,11 +56,13 @@ class Workers:
         os.makedirs(self.out, exist_ok=True)
 
     def __enter__(self):
-        ports = free_ports(self.num_workers)
+        from keras_sam.distribution import local_tf_configs
+
+        configs = local_tf_configs(self.num_workers)
         for index in range(self.num_workers):
             env = dict(
                 os.environ,
-                TF_CONFIG=tf_config(ports, index),
+                TF_CONFIG=configs[index],
                 CUDA_VISIBLE_DEVICES="",
                 KERAS_BACKEND="tensorflow",
                 TF_CPP_MIN_LOG_LEVEL="2",

@@ -4,7 +4,8 @@ Two worker processes on localhost (`tests.multiworker`, one CPU each) run
 the worker functions below; the tests compare what they saved with SAM
 computed by hand here, with plain TensorFlow ops, and with single-process
 Keras. One cluster (`trained`, module-scoped) trains every model the
-first tests look at; the resume test starts two more (crash, restart).
+first tests look at; the resume test starts two more (crash, restart), and
+the last one runs a study through `experiments.multiworker`.
 """
 
 import os
@@ -100,6 +101,10 @@ def trained_worker(index, out):
     plain = _build(plain_class, strategy)
     plain.fit(_train_dataset(), epochs=1, shuffle=False, verbose=0)
     results.update(_weights(plain, "plain_"))
+    try:
+        plain.compile(optimizer="sgd", loss="mse", jit_compile=True)
+    except ValueError as error:
+        results["jit_error"] = np.array(str(error))
     try:
         grouped = _build(sam_class, strategy, rho=RHO, m=2)
         grouped.fit(_train_dataset(), epochs=1, shuffle=False, verbose=0)
@@ -239,6 +244,13 @@ def test_fit_equals_per_worker_hand_sam(trained):
     assert _max_error(_saved(trained[0], "plain_"), plain) < 1e-5
 
 
+def test_jit_compile_on_cpu_workers_is_refused(trained):
+    for result in trained:
+        message = str(result["jit_error"])
+        assert "jit_compile=True" in message
+        assert "jit_compile=False" in message
+
+
 def test_m2_per_worker_groups(trained):
     if "m2_error" in trained[0]:
         pytest.fail(
@@ -308,3 +320,26 @@ def test_killed_worker_resumes_to_the_uninterrupted_result(
     np.testing.assert_allclose(expected["resume_rho"],
                                RHO * np.exp(-0.2 * (steps - 1)), rtol=1e-6)
     assert int(expected["resume_optimizer_0"]) == steps  # iterations
+
+
+def test_experiment_runs_on_two_local_workers(tmp_path):
+    from experiments import multiworker as launcher
+    from experiments import results
+
+    overrides = [
+        "epochs=1", "seeds=(0,)", "train_size=64", "test_size=32",
+        "batch_size=16", "noise_rates=(0.4,)", "methods=('sgd','sam')",
+        "model_kwargs={'hidden_units': 16}",
+    ]
+    flags = [f"--workdir={tmp_path}"] + [f"--override={o}" for o in overrides]
+    assert launcher.launch("noise_robustness", flags, 2, timeout=400) == [
+        0, 0]
+    runs = [
+        results.read_csv(os.path.join(root, "runs.csv"))
+        for root, _, files in os.walk(tmp_path) if "runs.csv" in files
+    ]
+    assert len(runs) == 2  # the chief's, and worker 1's in worker1/
+    chief, other = runs
+    assert [r["status"] for r in chief] == ["ok", "ok"]
+    for a, b in zip(chief, other):  # the workers trained one model
+        assert a["final_test_acc"] == b["final_test_acc"]
