@@ -185,12 +185,11 @@ class MultiWorkerFix:
     keras.Model)`); it derives from no model class, so it combines with any
     `keras.Model` subclass, including `keras_sam.SAMModel`. Outside a
     multi-worker MWMS, and once Keras is fixed (`keras_bugs()`), it changes
-    nothing but the settings check (`check_distribution_settings`).
+    nothing but the settings check (`check_distribution_settings`, run
+    when `fit`/`evaluate`/`predict` make their function; `compile` is not
+    overridden, since Keras does not recompile a model with a custom
+    `compile` when it loads a `.keras` file).
     """
-
-    def compile(self, *args, **kwargs):
-        super().compile(*args, **kwargs)
-        check_distribution_settings(self)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         strategy = getattr(self, "_distribute_strategy", None)

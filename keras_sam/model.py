@@ -7,29 +7,34 @@ Per step, on each replica (Foret et al. 2021, Algorithm 1):
     g_sam  = grad L_B(w)|_(w + eps)           # eq. 3, eps held constant
     w      = optimizer.apply(g_sam, w)        # any Keras optimizer
 
-Both passes evaluate the model functionally with `stateless_call`, so the
-variables are never assigned to w + eps and never need restoring: a step that
-fails leaves the weights untouched, and the step runs in the replica context of
-every `tf.distribute` strategy. Under a strategy each replica perturbs with its
+Both passes run the model inside a `keras.StatelessScope` (see
+`keras_sam.core`), so the variables are never assigned w + eps and never need
+restoring, both passes see the same random draws, and the first pass's state
+updates (batch statistics, seeds, metrics) are committed as `keras.Model`
+commits them. The step itself lives in `keras_sam.core`; this module is what a
+SAMModel *is*: its construction, `rho`, its config, and SAM for any model. Under a strategy each replica perturbs with its
 own local gradient (m-sharpness, section 4.1) and only `g_sam` is averaged
 across replicas, by the optimizer.
 """
 
+import contextlib
 import dataclasses
 import difflib
+import functools
+import importlib
 import math
+import warnings
 from typing import NamedTuple
 
 import keras
 import numpy as np
-import tensorflow as tf
-from keras.src.losses import loss as loss_module
-from keras.src.models.functional import Functional
-from keras.src.saving import object_registration
 
-from keras_sam import perturbation
-from keras_sam import sharding
+from keras_sam import _keras
+from keras_sam.core import tensorflow as backend_step
+from keras_sam.distribution import MultiWorkerFix
 from keras_sam.options import SAMOptions
+
+Functional = _keras.Functional
 
 
 def check_rho(rho) -> float:
@@ -54,7 +59,7 @@ def check_rho(rho) -> float:
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")
-class SAMModel(keras.Model):
+class SAMModel(MultiWorkerFix, keras.Model):
     """A Keras model trained with Sharpness-Aware Minimization.
 
     Use it wherever you would use `keras.Model`: with the functional API,
@@ -113,6 +118,7 @@ class SAMModel(keras.Model):
         Understanding Sharpness-Aware Minimization", ICML 2022 (1-SAM).
     """
 
+
     def __new__(cls, *args, **kwargs):
         # `SAMModel(inputs, outputs)` (or a subclass called that way) builds
         # a functional SAMModel, the way `keras.Model(inputs, outputs)` builds
@@ -128,16 +134,34 @@ class SAMModel(keras.Model):
             **{key: kwargs.pop(key) for key in list(kwargs) if key in names}
         )
         rho = check_rho(rho)
-        if _is_functional_call(args, kwargs) or isinstance(self, Functional):
+        if _is_functional_call(args, kwargs):
             _check_functional_kwargs(kwargs, names)
-        super().__init__(*args, **kwargs)
-        self.sam_options = options
-        self._initial_rho = rho
-        self.rho = keras.Variable(
-            rho, dtype="float32", trainable=False, name="rho"
-        )
-        self.grad_norm_tracker = keras.metrics.Mean(name="grad_norm")
-        self.sharpness_tracker = keras.metrics.Mean(name="sharpness")
+        with _bases_kept(SAMModel):
+            super().__init__(*args, **kwargs)
+        self._sam = _SAMState(rho, options)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        train_step = cls.__dict__.get("train_step")
+        if train_step is not None:
+            cls.train_step = _warn_if_sam_unused(train_step)
+
+    # ----------------------------------------------------------- SAM state
+
+    @property
+    def rho(self):
+        """The radius of the perturbation: a non-trainable variable, outside
+        `model.weights`; assign it between steps (no retracing)."""
+        return self._sam.rho
+
+    @rho.setter
+    def rho(self, value):
+        self._sam.rho.assign(check_rho(value))
+
+    @property
+    def sam_options(self) -> SAMOptions:
+        """The variant of the step (everything but rho), a `SAMOptions`."""
+        return self._sam.options
 
     @property
     def m(self):
@@ -149,20 +173,160 @@ class SAMModel(keras.Model):
         """The norm of the perturbation ball."""
         return self.sam_options.p
 
-    @classmethod
-    def from_model(cls, model, input_shape=None, **sam_kwargs):
-        """Wraps an existing Keras model, sharing its layers and weights.
+    def get_sam_config(self) -> dict:
+        """rho (its current value) and every SAM option, as a dict."""
+        rho = float(keras.ops.convert_to_numpy(self._sam.rho.value))
+        return {"rho": rho, **self.sam_options.get_config()}
+
+    def _set_sam_config(self, config):
+        """Applies `get_sam_config()`-style settings (rho and options)."""
+        config = dict(config)
+        rho = check_rho(config.pop("rho", self.get_sam_config()["rho"]))
+        self._sam.options = SAMOptions(**config)
+        self._sam.rho.assign(rho)
+        self.train_function = None
+
+    # ---------------------------------------------------------------- step
+
+    def compute_sam_gradients(self, x, y=None, sample_weight=None):
+        """SAM's descent gradients for a batch: both passes, one call.
+
+        The SAM counterpart of the `GradientTape` block of a custom
+        `train_step` (keras.io, "Customizing what happens in fit()"). It
+        runs the pass at w (whose state updates it commits, as a plain
+        forward pass would) and the pass at w + eps, and records SAM's
+        statistics (`grad_norm`, `sharpness`) for the logs.
 
         Args:
-            model: A `keras.Model`. Functional and `Sequential` models with
-                known inputs are wrapped as they are; any other model
-                (e.g. subclassed) is called on `keras.Input(input_shape)`.
-            input_shape: Tuple, the shape of one example, needed only when
-                `model` has no `inputs`.
+            x, y, sample_weight: The batch, as `compute_loss` takes them.
+
+        Returns:
+            `SAMGradients(gradients, y_pred, loss)`: the gradients to apply
+            to `self.trainable_variables` (loss-scaled as the optimizer
+            expects), the predictions and the loss at w.
+
+        Example:
+
+        >>> import keras, keras_sam, numpy as np
+        >>> class Net(keras_sam.SAMModel):
+        ...     def __init__(self, **kwargs):
+        ...         super().__init__(**kwargs)
+        ...         self.dense = keras.layers.Dense(1)
+        ...     def call(self, x):
+        ...         return self.dense(x)
+        ...     def train_step(self, data):
+        ...         x, y = data
+        ...         grads, y_pred, loss = self.compute_sam_gradients(x, y)
+        ...         self.optimizer.apply(grads, self.trainable_variables)
+        ...         return {"loss": loss}
+        >>> model = Net(rho=0.05)
+        >>> model.compile(optimizer="sgd", loss="mse")
+        >>> _ = model.fit(np.ones((4, 2)), np.ones((4, 1)), verbose=0)
+        """
+        self._sam.calls += 1
+        result = backend_step.sam_gradients(
+            self, self.sam_options, self._sam.rho, x, y, sample_weight
+        )
+        self._sam.record(result.stats)
+        return SAMGradients(result.grads, result.y_pred, result.loss)
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        grads, y_pred, loss = self.compute_sam_gradients(x, y, sample_weight)
+        first = next(i for i in keras.tree.flatten(x) if i is not None)
+        _keras.loss_tracker(self).update_state(
+            _keras.unscale_loss_for_distribution(loss),
+            sample_weight=keras.ops.shape(first)[0],
+        )
+        if self.trainable_weights:
+            self.optimizer.apply(grads, self.trainable_variables)
+        else:
+            warnings.warn("The model does not have any trainable weights.")
+        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        return {**logs, **self.sam_logs()}
+
+    def sam_logs(self) -> dict:
+        """SAM's training statistics for the logs: rho, grad_norm, sharpness.
+
+        `grad_norm` is ||g|| of the ascent gradient and `sharpness` the
+        estimate L(w + eps) - L(w), both means over the epoch's SAM steps.
+        """
+        return self._sam.logs()
+
+    def reset_metrics(self):
+        super().reset_metrics()
+        self._sam.reset()
+
+    # -------------------------------------------------------------- config
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self.get_sam_config())
+        base = type(self).__dict__.get("_sam_base")
+        if base is not None:
+            config["sam_base_class"] = {
+                "module": base.__module__,
+                "class_name": base.__name__,
+                "registered_name": keras.saving.get_registered_name(base),
+            }
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        base = config.pop("sam_base_class", None)
+        if base is not None:
+            return sam_class(_resolve_class(base)).from_config(
+                config, custom_objects
+            )
+        names = {field.name for field in dataclasses.fields(SAMOptions)}
+        sam = {k: config[k] for k in list(config) if k in names | {"rho"}}
+        if custom_objects is None:
+            model = super().from_config(config)
+        else:
+            model = super().from_config(config, custom_objects=custom_objects)
+        model._set_sam_config(sam)
+        return model
+
+    def get_compile_config(self):
+        # `keras.models.clone_model` rebuilds a functional model from its
+        # inputs and outputs only, then compiles it from this config: carry
+        # the SAM settings along, so that a compiled clone keeps them.
+        config = super().get_compile_config()
+        if config is not None:
+            config = {**config, "sam_config": self.get_sam_config()}
+        return config
+
+    def compile_from_config(self, config):
+        config = dict(config)
+        sam = config.pop("sam_config", None)
+        super().compile_from_config(config)
+        if sam is not None:
+            self._set_sam_config(sam)
+
+    # ---------------------------------------------------------- any model
+
+    @classmethod
+    def from_model(cls, model, input_shape=None, **sam_kwargs):
+        """SAM for an existing Keras model, sharing its layers and weights.
+
+        - A functional or `Sequential` model (with known inputs) gives a new
+          functional `SAMModel` built on the same layers (no copy).
+        - Any other model (a `keras.Model` subclass, a KerasHub task, ...)
+          is turned into a SAM model in place and returned: its class
+          becomes a SAM subclass of its own class, so it keeps its methods
+          (`generate()`, a preprocessor run in `fit`), its compile defaults
+          and its saving, with rho and the SAM options in its config.
+
+        Args:
+            model: A `keras.Model`.
+            input_shape: Tuple, the shape of one example: builds a
+                subclassed model that is not built yet (optional; `fit`
+                builds it too).
             **sam_kwargs: `rho`, `m`, `p` and other `SAMModel` arguments.
 
         Returns:
-            A `SAMModel` whose layers are `model`'s (no copy, no re-init).
+            A model whose `train_step` is SAM's.
 
         >>> import keras, keras_sam
         >>> base = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
@@ -170,328 +334,185 @@ class SAMModel(keras.Model):
         >>> sam.layers[-1] is base.layers[-1]
         True
         """
-        try:
-            inputs, outputs = model.inputs, model.outputs
-        except (AttributeError, ValueError):
-            inputs = outputs = None
-        if not inputs:
-            if input_shape is None:
-                raise ValueError(
-                    f"Model {model.name!r} has no defined inputs: pass "
-                    "`input_shape=` (the shape of one example), or subclass "
-                    "`keras_sam.SAMModel` instead of `keras.Model`."
-                )
-            inputs = keras.Input(shape=tuple(input_shape))
-            outputs = model(inputs)
-        return cls(inputs=inputs, outputs=outputs, name=model.name, **sam_kwargs)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"rho": self._initial_rho, **self.sam_options.get_config()})
-        return config
-
-    # ------------------------------------------------------------------ step
-
-    def train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        trainable = [v.value for v in self.trainable_variables]
-        non_trainable = [v.value for v in self.non_trainable_variables]
-        batch = {"x": x, "y": y, "sample_weight": sample_weight}
-        batch = {k: v for k, v in batch.items() if v is not None}
-
-        def sam_step():
-            return self._replica_gradients(trainable, non_trainable, batch)
-
-        def base_step():  # one pass at w: the base optimizer's gradient
-            first = self._evaluate(trainable, non_trainable, batch)
-            stats = self._stats(first, first, sam_weight=0.0)
-            return first.grads, first.y_pred, first.updates, stats
-
-        every = self.sam_options.sam_every
-        if every == 1:
-            grads, y_pred, updates, stats = sam_step()
-        else:
-            is_sam_step = tf.equal(self.optimizer.iterations % every, 0)
-            grads, y_pred, updates, stats = tf.cond(
-                is_sam_step, sam_step, base_step
+        if not isinstance(model, keras.Model):
+            raise ValueError(
+                "`model` must be a keras.Model (functional, Sequential or a "
+                f"subclass). Received: model={model!r}"
             )
+        if type(model) is Functional or isinstance(model, keras.Sequential):
+            return _from_graph(cls, model, sam_kwargs)
+        if isinstance(model, SAMModel):
+            raise ValueError(
+                f"Model {model.name!r} already trains with SAM; change its "
+                "settings with `model.rho.assign(...)`, or rebuild it with "
+                "the options you want."
+            )
+        rho = check_rho(sam_kwargs.pop("rho", 0.05))
+        options = SAMOptions(**sam_kwargs)
+        if input_shape is not None and not model.built:
+            model(keras.Input(shape=tuple(input_shape)))
+        model.__class__ = sam_class(type(model))
+        with model.distribute_strategy.scope():
+            model._sam = _SAMState(rho, options)
+        model.train_function = None
+        return model
 
-        self.optimizer.apply(grads, self.trainable_variables)
-        for i, value in updates.items():
-            self.non_trainable_variables[i].assign(value)
-        self._loss_tracker.update_state(
-            stats["loss"], sample_weight=sharding.batch_size(x)
+
+class SAMGradients(NamedTuple):
+    """What `SAMModel.compute_sam_gradients` returns."""
+
+    gradients: list
+    y_pred: object
+    loss: object
+
+
+class _SAMState:
+    """rho, the options and SAM's statistics: state outside `model.weights`.
+
+    A plain object, so Keras tracks none of it: rho and the trackers are not
+    weights (checkpoints move freely between a SAMModel and a keras.Model)
+    and `grad_norm`/`sharpness` are not metrics (`evaluate` is unchanged).
+    """
+
+    def __init__(self, rho, options):
+        self.options = options
+        self.rho = keras.Variable(
+            rho, dtype="float32", trainable=False, name="rho"
         )
+        self.grad_norm = keras.metrics.Mean(name="grad_norm")
+        self.sharpness = keras.metrics.Mean(name="sharpness")
+        self.calls = 0
+        self.warned = False
+
+    def record(self, stats):
         # A step whose gradient overflowed (skipped by a LossScaleOptimizer)
         # has no meaningful norm or sharpness: leave it out of the means.
-        finite = tf.math.is_finite(stats["grad_norm"])
-        weight = tf.cast(finite, tf.float32)
-        sharpness = stats["loss_perturbed"] - stats["loss"]
-        self.grad_norm_tracker.update_state(
-            tf.where(finite, stats["grad_norm"], 0.0), sample_weight=weight
-        )
-        self.sharpness_tracker.update_state(
-            tf.where(finite, sharpness, 0.0),
-            sample_weight=weight * stats["sam_weight"],
-        )
-        if self._compile_loss is not None and self._compile_loss.metrics:
-            # Per-output loss trackers of multi-output models (losses are
-            # computed statelessly above, so they are updated here, at w).
-            self._compile_loss(y, y_pred, sample_weight)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-
-    def _replica_gradients(self, trainable, non_trainable, batch):
-        """The SAM step on this replica's batch, whole or in groups of m."""
-        self._check_logit_loss()
-        m = self._group_size(batch)
-        if m is None:
-            return self._sam_gradients(trainable, non_trainable, batch)
-        groups = sharding.split_into_groups(batch, m)
-        grads, y_pred, updates, stats = sharding.map_groups(
-            lambda group: self._sam_gradients(trainable, non_trainable, group),
-            groups,
-        )
-        # BatchNormalization statistics: the mean over groups; integer state
-        # such as a dropout seed is the same in every group.
-        updates = {
-            i: tf.reduce_mean(v, axis=0) if v.dtype.is_floating else v[0]
-            for i, v in updates.items()
-        }
-        grads = [tf.reduce_mean(g, axis=0) for g in grads]
-        stats = {k: tf.reduce_mean(v) for k, v in stats.items()}
-        return grads, sharding.merge_groups(y_pred), updates, stats
-
-    def _check_logit_loss(self):
-        """L-SAM and J-SAM split gradients at the logits: they need them."""
-        rule = self.sam_options.gradient_rule
-        config = getattr(self.loss, "get_config", dict)()
-        if rule != "sam" and not config.get("from_logits", False):
-            raise ValueError(
-                f"gradient_rule={rule!r} splits each gradient into "
-                "dloss/dlogits and dlogits/dw, so the model must output "
-                "logits and the loss must take them: compile with e.g. "
-                "keras.losses.SparseCategoricalCrossentropy("
-                f"from_logits=True). Received: loss={self.loss!r}"
-            )
-
-    def _group_size(self, batch):
-        """The `m` to split by, or None when the whole batch is one group."""
-        m = self.sam_options.m
-        if m is None:
-            return None
-        if m == 1:
-            for layer in self._flatten_layers(include_self=False):
-                if isinstance(layer, keras.layers.BatchNormalization):
-                    raise ValueError(
-                        f"m=1 (1-SAM) gives BatchNormalization layer "
-                        f"{layer.name!r} a batch of a single example. Use a "
-                        "model with LayerNormalization or GroupNormalization "
-                        "(as Baek et al. do), or m >= 2."
-                    )
-        if sharding.batch_size(batch) == m:
-            return None
-        return m
-
-    def _sam_gradients(self, trainable, non_trainable, batch):
-        """One group's descent gradient: Algorithm 1 and its variants."""
-        options = self.sam_options
-        if options.second_order:
-            return self._second_order_gradients(trainable, non_trainable, batch)
-        both_factors = options.gradient_rule != "sam"
-        first = self._evaluate(trainable, non_trainable, batch, both_factors)
-        eps = self._perturbation(trainable, non_trainable, batch, first.grads)
-        perturbed = [w + tf.cast(e, w.dtype) for w, e in zip(trainable, eps)]
-        # Same non-trainable values as the first pass: the same dropout mask,
-        # and the BatchNormalization statistics of this pass are discarded.
-        second = self._evaluate(perturbed, non_trainable, batch, both_factors)
-        if options.gradient_rule == "sam":
-            grads = second.grads
-        elif options.gradient_rule == "jacobian":  # df/dw at w + eps
-            grads = second.vector_jacobian_product(first.output_grads)
-        else:  # "logit": dl/df at w + eps, df/dw at w
-            grads = first.vector_jacobian_product(second.output_grads)
-        return grads, first.y_pred, first.updates, self._stats(first, second)
-
-    def _second_order_gradients(self, trainable, non_trainable, batch):
-        """d/dw L(w + eps(w)), through eps (Foret et al. appendix C.4)."""
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(trainable)
-            first = self._evaluate(trainable, non_trainable, batch)
-            eps = perturbation.dual_vector(
-                first.grads, self.rho, self.sam_options.p
-            )
-            perturbed = [
-                w + tf.cast(e, w.dtype) for w, e in zip(trainable, eps)
-            ]
-            loss, _, _, _ = self._loss(perturbed, non_trainable, batch)
-            scaled_loss = self.optimizer.scale_loss(loss)
-        grads = _zeros_for_none(tape.gradient(scaled_loss, trainable), trainable)
-        second = _Evaluation(loss, None, {}, grads, None, None)
-        return grads, first.y_pred, first.updates, self._stats(first, second)
-
-    def _perturbation(self, trainable, non_trainable, batch, grads):
-        """eps: random, or by (projected) gradient ascent in the chosen ball.
-
-        The ascent runs in coordinates u with eps = T u, where T is ASAM's
-        |w| + eta (1 without `adaptive`), times the Sparse SAM mask.
-        """
-        options = self.sam_options
-        if options.perturbation == "random":
-            z = perturbation.random_directions(
-                [w.shape for w in trainable], self._step_seed()
-            )
-            return perturbation.dual_vector(z, self.rho, 2.0)
-        scale = [tf.ones(w.shape, tf.float32) for w in trainable]
-        if options.adaptive:
-            scale = perturbation.adaptive_scale(trainable, options.eta)
-        if options.perturbed_fraction < 1.0:
-            mask = self._mask(grads)
-            scale = [t * k for t, k in zip(scale, mask)]
-
-        def ascent_direction(g):
-            scaled = [tf.cast(gi, tf.float32) * t for gi, t in zip(g, scale)]
-            return perturbation.dual_vector(scaled, self.rho, options.p)
-
-        u = ascent_direction(grads)
-        for _ in range(options.ascent_steps - 1):
-            point = [
-                w + tf.cast(ui * t, w.dtype)
-                for w, ui, t in zip(trainable, u, scale)
-            ]
-            g = self._evaluate(point, non_trainable, batch).grads
-            step = ascent_direction(g)
-            u = perturbation.project(
-                [a + b for a, b in zip(u, step)], self.rho, options.p
-            )
-        return [ui * t for ui, t in zip(u, scale)]
-
-    def _mask(self, grads):
-        """Sparse SAM's 0/1 mask over all weights."""
-        options = self.sam_options
-        if options.mask == "fisher":
-            scores = [tf.square(tf.cast(g, tf.float32)) for g in grads]
-        else:
-            period = self.optimizer.iterations // options.mask_update_every
-            seed = tf.stack([options.seed, tf.cast(period, tf.int32)])
-            scores = perturbation.random_directions([g.shape for g in grads], seed)
-        return perturbation.top_fraction_mask(scores, options.perturbed_fraction)
-
-    def _step_seed(self):
-        """A stateless seed for this step and replica."""
-        seed = tf.stack(
-            [
-                self.sam_options.seed,
-                tf.cast(self.optimizer.iterations, tf.int32),
-            ]
-        )
-        replica = tf.distribute.get_replica_context()
-        if replica is not None:
-            seed = tf.random.experimental.stateless_fold_in(
-                seed, replica.replica_id_in_sync_group
-            )
-        return seed
-
-    def _loss(self, trainable, non_trainable, batch):
-        """The compiled loss at `trainable`, without touching any variable.
-
-        Returns the loss (scaled for distribution, as Keras does), the
-        predictions, the non-trainable values after the forward pass, and
-        the part of the loss added by the model itself (regularisers).
-        """
-        kwargs = {"training": True} if self._call_has_training_arg else {}
-        y_pred, non_trainable, losses = self.stateless_call(
-            trainable, non_trainable, batch["x"], return_losses=True, **kwargs
-        )
-        # Make the forward pass's own losses (activity regularisers, add_loss)
-        # visible to compute_loss, as Keras' JAX trainer does.
-        self._losses_override = list(losses)
-        loss, _ = self.stateless_compute_loss(
-            trainable,
-            non_trainable,
-            [v.value for v in self.metrics_variables],
-            x=batch["x"],
-            y=batch.get("y"),
-            y_pred=y_pred,
-            sample_weight=batch.get("sample_weight"),
-            training=True,
-        )
-        self._losses_override = []
-        own_losses = [self._aggregate_additional_loss(l) for l in losses]
-        return loss, y_pred, non_trainable, own_losses
-
-    def _evaluate(self, trainable, non_trainable, batch, output_grads=False):
-        """Loss, outputs and gradient at one point, as an `_Evaluation`."""
-        with tf.GradientTape(
-            watch_accessed_variables=False, persistent=output_grads
-        ) as tape:
-            tape.watch(trainable)
-            loss, y_pred, new_non_trainable, own_losses = self._loss(
-                trainable, non_trainable, batch
-            )
-            scaled_loss = self.optimizer.scale_loss(loss)
-        if output_grads:
-            tape.watch(y_pred)
-            outputs = tf.nest.flatten(y_pred)
-            grads = tape.gradient(scaled_loss, [trainable, outputs])
-            grads, outputs_grads = grads
-        else:
-            grads, outputs_grads = tape.gradient(scaled_loss, trainable), None
-        grads = _zeros_for_none(grads, trainable)
-        updates = {
-            i: new
-            for i, (new, old) in enumerate(zip(new_non_trainable, non_trainable))
-            if new is not old
-        }
-
-        def vector_jacobian_product(cotangents):
-            """grad of <cotangents, f> + the model's own losses, here."""
-            with tape:
-                surrogate = tf.add_n(
-                    [
-                        tf.reduce_sum(tf.stop_gradient(c) * tf.cast(o, c.dtype))
-                        for c, o in zip(cotangents, outputs)
-                    ]
-                    + [self.optimizer.scale_loss(l) for l in own_losses]
-                )
-            return _zeros_for_none(tape.gradient(surrogate, trainable), trainable)
-
-        return _Evaluation(
-            loss, y_pred, updates, grads, outputs_grads, vector_jacobian_product
+        ops = keras.ops
+        finite = ops.cast(ops.isfinite(stats["grad_norm"]), "float32")
+        norm = ops.where(finite > 0, stats["grad_norm"], 0.0)
+        sharpness = ops.where(finite > 0, stats["sharpness"], 0.0)
+        self.grad_norm.update_state(norm, sample_weight=finite)
+        self.sharpness.update_state(
+            sharpness, sample_weight=finite * stats["sam_weight"]
         )
 
-    def _stats(self, first, second, sam_weight=1.0):
+    def logs(self) -> dict:
         return {
-            "loss": loss_module.unscale_loss_for_distribution(first.loss),
-            "loss_perturbed": loss_module.unscale_loss_for_distribution(
-                second.loss
-            ),
-            "grad_norm": self._unscaled_norm(first.grads),
-            "sam_weight": tf.constant(sam_weight, tf.float32),
+            "rho": keras.ops.convert_to_tensor(self.rho.value),
+            "grad_norm": self.grad_norm.result(),
+            "sharpness": self.sharpness.result(),
         }
 
-    def _unscaled_norm(self, grads):
-        """||g|| of the true local gradient (undo loss and replica scaling)."""
-        norm = perturbation.global_norm(grads)
-        scale = getattr(self.optimizer, "dynamic_scale", None)
-        if scale is not None:
-            norm = norm / tf.cast(scale, tf.float32)
-        return loss_module.unscale_loss_for_distribution(norm)
+    def reset(self):
+        self.grad_norm.reset_state()
+        self.sharpness.reset_state()
 
 
-class _Evaluation(NamedTuple):
-    """What one pass at a point gives: see `SAMModel._evaluate`."""
+def _warn_if_sam_unused(train_step):
+    """Wraps a subclass's `train_step`: adds SAM's logs, warns if no SAM."""
 
-    loss: tf.Tensor
-    y_pred: object
-    updates: dict  # index -> new value of the non-trainables it changed
-    grads: list
-    output_grads: object  # dl/d(outputs), only when asked for
-    vector_jacobian_product: object
+    @functools.wraps(train_step)
+    def checked_train_step(self, data):
+        calls = self._sam.calls
+        logs = train_step(self, data)
+        if self._sam.calls > calls and isinstance(logs, dict):
+            logs = {**self.sam_logs(), **logs}
+        elif self._sam.calls == calls and not self._sam.warned:
+            self._sam.warned = True
+            warnings.warn(
+                f"{type(self).__name__}.train_step does not call "
+                "`self.compute_sam_gradients(x, y, sample_weight)`, so it "
+                "trains with the base optimizer only, not SAM. Replace the "
+                "GradientTape block of the custom step by it (it returns "
+                "the gradients, y_pred and loss), or subclass keras.Model "
+                "if SAM is not wanted.",
+                stacklevel=2,
+            )
+        return logs
+
+    return checked_train_step
 
 
-def _zeros_for_none(grads, weights) -> list:
-    """Zeros for weights the loss does not depend on (gradient None)."""
-    return [tf.zeros_like(w) if g is None else g for g, w in zip(grads, weights)]
+def _from_graph(cls, model, sam_kwargs):
+    """A functional SAMModel on the layers of a functional/Sequential model."""
+    try:
+        inputs, outputs = model.inputs, model.outputs
+    except (AttributeError, ValueError):
+        inputs = outputs = None
+    if not inputs:
+        raise ValueError(
+            f"Sequential model {model.name!r} has no defined inputs: start "
+            "it with `keras.Input(shape)` (or build it) before "
+            "`SAMModel.from_model`."
+        )
+    return cls(inputs=inputs, outputs=outputs, name=model.name, **sam_kwargs)
+
+
+_SAM_CLASSES = {}
+
+
+def sam_class(base):
+    """The SAM subclass of a `keras.Model` class: `(SAMModel, base)`.
+
+    It keeps `base`'s name and methods and saves under "keras_sam>SAMModel"
+    with `base` named in its config, so a fresh process loads it.
+    """
+    if issubclass(base, SAMModel):
+        return base
+    if base.train_step is not keras.Model.train_step:
+        raise ValueError(
+            f"{base.__name__} overrides `train_step`, which SAM's step would "
+            "replace. Subclass `keras_sam.SAMModel` instead and call "
+            "`self.compute_sam_gradients(x, y, sample_weight)` in your "
+            "train_step."
+        )
+    if base not in _SAM_CLASSES:
+        cls = type(
+            base.__name__,
+            (SAMModel, base),
+            {
+                "__module__": base.__module__,
+                "__doc__": base.__doc__,
+                "_sam_base": base,
+            },
+        )
+        _keras.register_as(cls, keras.saving.get_registered_name(SAMModel))
+        _SAM_CLASSES[base] = cls
+    return _SAM_CLASSES[base]
+
+
+def _resolve_class(reference):
+    """The class a `sam_base_class` config entry names."""
+    found = keras.saving.get_registered_object(reference["registered_name"])
+    if found is None:
+        module = importlib.import_module(reference["module"])
+        found = getattr(module, reference["class_name"], None)
+    if not isinstance(found, type) or not issubclass(found, keras.Model):
+        raise ValueError(
+            f"Cannot load the SAM model: its class {reference!r} was not "
+            "found. Import the module that defines it (and register it with "
+            "`keras.saving.register_keras_serializable`) before loading."
+        )
+    return found
+
+
+@contextlib.contextmanager
+def _bases_kept(cls):
+    """Undoes Keras' rewriting of `cls.__bases__` during construction.
+
+    `keras.Model.__init__` with functional arguments rewrites the bases of
+    every class in the model's hierarchy to derive from `Functional`
+    (`inject_functional_model_class`); KerasHub tasks construct themselves
+    that way. SAMModel must stay a plain `keras.Model` subclass for every
+    later subclass, so its bases are restored afterwards.
+    """
+    bases = cls.__bases__
+    try:
+        yield
+    finally:
+        if cls.__bases__ != bases:
+            cls.__bases__ = bases
+
 
 
 _FUNCTIONAL_KWARGS = {"inputs", "outputs", "name", "trainable"}
@@ -515,11 +536,12 @@ def _check_functional_kwargs(kwargs, sam_names):
 
 
 def _is_functional_call(args, kwargs) -> bool:
-    """Whether constructor arguments are those of a functional model."""
-    return (
-        len(args) == 2
-        or (len(args) == 1 and "outputs" in kwargs)
-        or ("inputs" in kwargs and "outputs" in kwargs)
+    """Whether constructor arguments are a functional model's: inputs that
+    are `keras.Input` tensors, and outputs (by position or keyword)."""
+    inputs = args[0] if args else kwargs.get("inputs")
+    has_outputs = len(args) >= 2 or "outputs" in kwargs
+    return has_outputs and any(
+        isinstance(t, keras.KerasTensor) for t in keras.tree.flatten(inputs)
     )
 
 
@@ -536,9 +558,7 @@ def _functional_variant(cls):
             (cls, Functional),
             {"__module__": cls.__module__, "__doc__": cls.__doc__},
         )
-        object_registration.GLOBAL_CUSTOM_NAMES[variant] = (
-            keras.saving.get_registered_name(cls)
-        )
+        _keras.register_as(variant, keras.saving.get_registered_name(cls))
         _FUNCTIONAL_VARIANTS[cls] = variant
     return _FUNCTIONAL_VARIANTS[cls]
 

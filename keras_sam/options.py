@@ -30,6 +30,9 @@ class SAMOptions:
         adaptive: ASAM: the ball is ||T_w^-1 eps||_p <= rho with
             T_w = |w| + eta on kernels (Kwon et al. 2021).
         eta: ASAM's offset, >= 0.
+        adapt_normalization: ASAM also adapts normalisation scales
+            (`gamma`), as the official code does (it adapts every PyTorch
+            parameter named "weight"); False adapts kernels only.
         ascent_steps: Projected-gradient ascent steps (appendix C.6); with
             p = inf this is multi-step FGSM.
         second_order: Differentiate through eps(w) (appendix C.4).
@@ -51,6 +54,7 @@ class SAMOptions:
     perturbation: str = "gradient"
     adaptive: bool = False
     eta: float = 0.01
+    adapt_normalization: bool = True
     ascent_steps: int = 1
     second_order: bool = False
     gradient_rule: str = "sam"
@@ -67,7 +71,7 @@ class SAMOptions:
         _check_choice("perturbation", self.perturbation, PERTURBATIONS)
         _check_choice("gradient_rule", self.gradient_rule, GRADIENT_RULES)
         _check_choice("mask", self.mask, MASKS)
-        for name in ("adaptive", "second_order"):
+        for name in ("adaptive", "second_order", "adapt_normalization"):
             _check_bool(name, getattr(self, name))
         if isinstance(self.seed, bool) or not isinstance(
             self.seed, numbers.Integral

@@ -124,26 +124,41 @@ def project(eps: Sequence[tf.Tensor], rho, p: float) -> list:
     return [e * scale for e in eps]
 
 
-def adaptive_scale(weights: Sequence[tf.Tensor], eta: float) -> list:
-    """ASAM's T_w: |w| + eta for kernels (rank >= 2), 1 for the rest.
+def adaptive_scale(
+    weights: Sequence[tf.Tensor],
+    eta: float,
+    names: Sequence[str],
+    adapt_normalization: bool = True,
+) -> list:
+    """ASAM's T_w: |w| + eta for adapted weights, 1 for the others.
 
-    Biases and normalisation parameters (rank <= 1) are not adapted, as in
-    Kwon et al.'s official implementation, which scales only "weight"
-    tensors: their magnitude says little about their sensitivity.
+    Kwon et al.'s official code adapts every PyTorch parameter whose name
+    contains "weight": kernels, embeddings and the scales of LayerNorm and
+    BatchNorm, but not biases. In Keras names that is every weight except
+    biases and normalisation offsets ("bias", "beta"); with
+    `adapt_normalization=False` normalisation scales ("gamma") are left
+    out too.
 
     >>> [t.numpy().tolist() for t in adaptive_scale(
-    ...     [tf.constant([[-2.0]]), tf.constant([5.0])], eta=0.5)]
-    [[[2.5]], [1.0]]
+    ...     [tf.constant([[-2.0]]), tf.constant([5.0]), tf.constant([-3.0])],
+    ...     eta=0.5, names=["kernel", "bias", "gamma"])]
+    [[[2.5]], [1.0], [3.5]]
 
     References:
         Kwon et al., "ASAM: Adaptive Sharpness-Aware Minimization for
         Scale-Invariant Learning of Deep Neural Networks", ICML 2021, eq. 10.
     """
+    fixed = {"bias", "beta"} | (set() if adapt_normalization else {"gamma"})
+
+    def adapted(name):
+        leaf = name.split("/")[-1]
+        return leaf not in fixed and not leaf.endswith("_bias")
+
     return [
         tf.abs(tf.cast(w, tf.float32)) + eta
-        if len(w.shape) >= 2
+        if adapted(name)
         else tf.ones(w.shape, tf.float32)
-        for w in weights
+        for w, name in zip(weights, names)
     ]
 
 

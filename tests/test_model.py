@@ -318,11 +318,35 @@ def test_bad_arguments_raise_clear_errors(kwargs, match):
         build(**kwargs)
 
 
-def test_batch_not_divisible_by_m_is_reported():
-    x, y = reference.tiny_data(n=6)
-    model = build(rho=RHO, m=4)
-    with pytest.raises(ValueError, match="not divisible by m=4"):
-        model.fit(x, y, batch_size=6, verbose=0)
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("source", ["numpy", "dataset"])
+def test_m_with_a_remainder_batch_trains_as_documented(jit, source):
+    """Batches of 6 in groups of 3, then a remainder of 2: one group."""
+    x, y = reference.tiny_data(n=8)
+    model = build(rho=RHO, m=3, jit_compile=jit)
+    if source == "numpy":
+        model.fit(x, y, batch_size=6, shuffle=False, verbose=0)
+    else:  # a dynamic batch dimension: no drop_remainder
+        data = tf.data.Dataset.from_tensor_slices((x, y)).batch(6)
+        model.fit(data, verbose=0)
+    weights = initial_weights()
+    grads = reference.grouped_sam_gradient(weights, x[:6], y[:6], RHO, 3)
+    weights = reference.sgd_update(weights, grads, LEARNING_RATE)
+    grads = reference.sam_gradient(weights, x[6:], y[6:], RHO)
+    expected = reference.sgd_update(weights, grads, LEARNING_RATE)
+    assert_weights_close(weights_of(model), expected)
+    assert np.all(np.isfinite(model.get_weights()[0]))
+
+
+def test_an_empty_replica_batch_gives_no_nan():
+    """5 examples in batches of 4 over 2 replicas: one replica gets none."""
+    x, y = reference.tiny_data(n=5)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        model = build(rho=RHO, m=2)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    model.fit(data, verbose=0)
+    assert all(np.all(np.isfinite(w)) for w in weights_of(model))
 
 
 def test_batch_norm_under_1_sam_is_refused():
@@ -335,20 +359,41 @@ def test_batch_norm_under_1_sam_is_refused():
         model.fit(x, y, batch_size=8, verbose=0)
 
 
-def test_from_model_needs_an_input_shape_for_subclassed_models():
-    class Plain(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.dense = keras.layers.Dense(3)
+@keras.saving.register_keras_serializable(package="keras_sam_tests")
+class PlainNet(keras.Model):
+    """A keras.Model subclass, unbuilt until its first call."""
 
-        def call(self, inputs):
-            return self.dense(inputs)
+    def __init__(self, units=3, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.dense = keras.layers.Dense(units)
 
-    with pytest.raises(ValueError, match="input_shape="):
-        keras_sam.SAMModel.from_model(Plain())
-    model = keras_sam.SAMModel.from_model(Plain(), input_shape=(4,), rho=0.1)
+    def call(self, inputs):
+        return self.dense(inputs)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def test_from_model_turns_a_subclassed_model_into_a_sam_model(tmp_path):
+    plain = PlainNet(units=3)
+    model = keras_sam.SAMModel.from_model(plain, rho=0.1, m=2)
+    assert model is plain
+    assert isinstance(model, PlainNet) and isinstance(model, keras_sam.SAMModel)
+    assert type(model).__name__ == "PlainNet"
     model.compile(optimizer="sgd", loss="mse")
-    model.fit(np.ones((4, 4)), np.ones((4, 3)), verbose=0)
+    model.fit(np.ones((4, 4)), np.ones((4, 3)), verbose=0)  # builds lazily
+    assert [v.name for v in model.weights] == ["kernel", "bias"]
+    path = str(tmp_path / "plain_net.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, PlainNet) and isinstance(loaded, keras_sam.SAMModel)
+    assert loaded.units == 3 and loaded.m == 2
+    np.testing.assert_allclose(float(loaded.rho.numpy()), 0.1)
+    np.testing.assert_allclose(loaded.predict(np.ones((2, 4)), verbose=0),
+                               model.predict(np.ones((2, 4)), verbose=0))
+    with pytest.raises(ValueError, match="already trains with SAM"):
+        keras_sam.SAMModel.from_model(model)
 
 
 @keras.saving.register_keras_serializable(package="keras_sam_tests")
@@ -364,7 +409,7 @@ def test_functional_use_of_a_subclass_leaves_other_subclasses_intact(tmp_path):
     hidden, logits = reference.tiny_layers()
     model = FunctionalSubclass(inputs, logits(hidden(inputs)), rho=0.2, m=2)
     assert isinstance(model, FunctionalSubclass)
-    assert keras_sam.SAMModel.__bases__ == (keras.Model,)
+    assert keras_sam.SAMModel.__bases__[-1] is keras.Model
     path = str(tmp_path / "functional_subclass.keras")
     model.save(path)
     loaded = keras.models.load_model(path)

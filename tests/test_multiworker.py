@@ -43,7 +43,7 @@ def _classes():
     import keras_sam
     from keras_sam.distribution import MultiWorkerFix
 
-    class MultiWorkerSAM(MultiWorkerFix, keras_sam.SAMModel):
+    class MultiWorkerSAM(keras_sam.SAMModel):  # includes MultiWorkerFix
         pass
 
     class MultiWorkerModel(MultiWorkerFix, keras.Model):

@@ -6,6 +6,8 @@ import pytest
 import tensorflow as tf
 
 import keras_sam
+from keras_sam.core import step as core_step
+from keras_sam.core import tensorflow as core_tensorflow
 from tests import reference
 from tests.test_model import LEARNING_RATE
 from tests.test_model import RHO
@@ -96,19 +98,26 @@ def test_two_ascent_steps_project_onto_the_ball(p):
     assert_weights_close(weights_of(model), descend(g_sam))
 
 
+def random_eps(model, weights):
+    """The random eps of the model's next step (keras_sam.core.step)."""
+    seeds = core_tensorflow._seeds(model, model.sam_options)
+    return core_step.perturb(
+        None, weights, None, None, model.sam_options, model.rho, seeds, None
+    )
+
+
 def test_random_perturbation_has_norm_rho_and_ignores_the_gradient():
     x, y = reference.tiny_data()
     model = build(rho=RHO, perturbation="random", seed=3)
     trainable = [v.value for v in model.trainable_variables]
-    batch = {"x": tf.constant(x), "y": tf.constant(y)}
-    eps = model._perturbation(trainable, [], batch, grads=None)
+    eps = random_eps(model, trainable)
     np.testing.assert_allclose(flat_norm(eps), RHO, rtol=1e-5)
     model.fit(x, y, batch_size=len(y), shuffle=False, verbose=0)
     w = initial_weights()
     g_sam = reference.gradient([a + b for a, b in zip(w, eps)], x, y)
     assert_weights_close(weights_of(model), descend(g_sam))
     other = build(rho=RHO, perturbation="random", seed=4)
-    other_eps = other._perturbation(trainable, [], batch, grads=None)
+    other_eps = random_eps(other, trainable)
     assert not np.allclose(flat_norm([a - b for a, b in zip(eps, other_eps)]), 0)
 
 

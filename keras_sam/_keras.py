@@ -1,0 +1,98 @@
+"""Every private Keras API keras_sam uses, in one place, with the reason.
+
+Each item names why no public route exists and the Keras versions it was
+checked on (3.9-3.15). When Keras grows a public route, change it here only.
+"""
+
+from keras.src.losses import loss as _loss_module
+from keras.src.models.functional import Functional  # noqa: F401
+from keras.src.random import seed_generator as _seed_generator
+from keras.src.saving import object_registration as _registration
+
+# `keras.Model(inputs, outputs)` returns a `Functional`; keras exports no
+# name for the class, and a functional SAMModel must derive from it (as
+# `keras.Sequential` does) so that Keras saves and clones it as a graph.
+
+
+def call_has_training_arg(model) -> bool:
+    """Whether `model.call` takes `training` (as Keras' trainers ask).
+
+    `Layer._call_has_training_arg` is computed by Keras with rules for
+    functional models (any layer taking `training`) that inspecting
+    `model.call` alone would miss.
+    """
+    return model._call_has_training_arg
+
+
+def compute_loss(model, x, y, y_pred, sample_weight):
+    """`model.compute_loss(..., training=True)`, as Keras' trainers call it.
+
+    `Trainer._compute_loss` drops `training` for user overrides of
+    `compute_loss` written before Keras 3.3 without that argument.
+    """
+    return model._compute_loss(
+        x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+    )
+
+
+def loss_tracker(model):
+    """The `Mean` metric behind `logs["loss"]` (`Trainer._loss_tracker`).
+
+    Keras updates it in its own `train_step`; a replacement step must do the
+    same, and there is no public handle on it (it is `model.metrics[0]` only
+    when compiled, and a user's `metrics` property may reorder).
+    """
+    return model._loss_tracker
+
+
+def unscale_loss_for_distribution(value):
+    """Undoes the 1/num_replicas scaling Keras applies to losses (TF only).
+
+    `compute_loss` returns the loss divided by the number of replicas in
+    sync so that summed gradients are means; logs report the unscaled loss.
+    No public API (keras/src/losses/loss.py, since Keras 3.8).
+    """
+    return _loss_module.unscale_loss_for_distribution(value)
+
+
+def existing_global_seed_generator():
+    """The `SeedGenerator` behind unseeded `keras.random` calls, or None.
+
+    Its state advances at every unseeded draw, so SAM's step must commit it
+    like the model's own state. Keras keeps it in a global attribute with no
+    public accessor; this reads it without creating it.
+    """
+    from keras.src.backend.common import global_state
+
+    return global_state.get_global_attribute(
+        _seed_generator.GLOBAL_SEED_GENERATOR
+    )
+
+
+def register_as(cls, registered_name: str):
+    """Saves objects of `cls` under another class's registered name.
+
+    `keras.saving.register_keras_serializable` would also bind the name to
+    `cls` for loading; SAM's generated classes (a SAM subclass of a user's
+    model class) must serialise under "keras_sam>SAMModel" while that name
+    keeps loading through `SAMModel.from_config`, which rebuilds them.
+    """
+    _registration.GLOBAL_CUSTOM_NAMES[cls] = registered_name
+
+
+def flatten_layers(model):
+    """Every layer inside `model`, recursively (`Layer._flatten_layers`).
+
+    `model.layers` lists only direct children of functional models.
+    """
+    return model._flatten_layers(include_self=False, recursive=True)
+
+
+def additional_loss(model, loss):
+    """One `add_loss`/regulariser loss as `compute_loss` adds it.
+
+    `Trainer._aggregate_additional_loss` sums it and, on TensorFlow, scales
+    it for distribution (Keras >= 3.8); L-SAM/J-SAM need these losses apart
+    from the compiled loss.
+    """
+    return model._aggregate_additional_loss(loss)

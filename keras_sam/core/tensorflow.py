@@ -1,0 +1,336 @@
+"""The TensorFlow half of SAM's step: passes without side effects.
+
+A pass runs the user's model and `compute_loss` exactly as Keras' own
+`train_step` does (`model(x, training=True)`, regularisers, `add_loss`,
+metrics updated in `call`, unseeded `keras.random` draws), but inside a
+`keras.StatelessScope`: no variable is assigned, every assignment is
+recorded. Both passes of a step therefore read the same random state (the
+same dropout masks), and only the first pass's recorded state updates are
+committed, after the step: batch statistics, seed generators and metrics
+advance exactly as under `keras.Model`.
+"""
+
+from typing import NamedTuple
+
+import keras
+import tensorflow as tf
+
+from keras_sam import _keras
+from keras_sam import perturbation
+from keras_sam import sharding
+from keras_sam.core import step
+
+
+class StepResult(NamedTuple):
+    grads: list  # descent gradient for `model.trainable_variables`
+    y_pred: object  # the outputs at w
+    loss: tf.Tensor  # the loss at w, as `compute_loss` returns it
+    stats: dict  # grad_norm, sharpness, sam_weight (float32 scalars)
+
+
+def state_variables(model) -> list:
+    """The variables a forward pass may assign: the model's non-trainable
+    state (statistics, seeds), its metrics, and the global seed generator
+    behind unseeded `keras.random` calls."""
+    candidates = list(model.non_trainable_variables) + list(
+        model.metrics_variables
+    )
+    generator = _keras.existing_global_seed_generator()
+    if generator is not None:
+        candidates.append(generator.state)
+    seen, unique = set(), []
+    for v in candidates:
+        if id(v) not in seen:
+            seen.add(id(v))
+            unique.append(v)
+    return unique
+
+
+def make_evaluate(model, state: list):
+    """`evaluate(weights, batch)`: one side-effect-free pass as a `Pass`.
+
+    `weights`, a list of tensors, is mapped onto `model.trainable_variables`
+    (regularisers read them too). `state` collects the state variables, so
+    that `Pass.updates` indexes into it.
+    """
+    variables = model.trainable_variables
+    training = _keras.call_has_training_arg(model)
+    optimizer = model.optimizer
+
+    def evaluate(weights, batch, output_grads=False, need_grads=True):
+        x, y, sample_weight = batch
+        mapping = list(zip(variables, weights))
+        with tf.GradientTape(
+            watch_accessed_variables=False, persistent=output_grads
+        ) as tape:
+            tape.watch(weights)
+            with keras.StatelessScope(mapping, collect_losses=True) as scope:
+                y_pred = model(x, training=True) if training else model(x)
+                loss = _keras.compute_loss(model, x, y, y_pred, sample_weight)
+                own = [_keras.additional_loss(model, l) for l in model.losses]
+            scaled = optimizer.scale_loss(loss) if optimizer else loss
+        if not state:
+            state.extend(state_variables(model))
+        updates = {}
+        for i, v in enumerate(state):
+            value = scope.get_current_value(v)
+            if value is not None:
+                updates[i] = value
+        targets = weights
+        if not need_grads:
+            return step.Pass(loss, None, y_pred, updates)
+        outputs = tf.nest.flatten(y_pred)
+        if output_grads:
+            tape.watch(outputs)
+            grads, out_grads = tape.gradient(scaled, [targets, outputs])
+        else:
+            grads, out_grads = tape.gradient(scaled, targets), None
+        grads = step.zeros_for_none(grads, targets)
+
+        def vjp(cotangents):
+            """grad of <cotangents, f> plus the model's own losses."""
+            with tape:
+                surrogate = tf.add_n(
+                    [
+                        tf.reduce_sum(tf.stop_gradient(c) * tf.cast(o, c.dtype))
+                        for c, o in zip(cotangents, outputs)
+                    ]
+                    + [optimizer.scale_loss(l) for l in own]
+                )
+            return step.zeros_for_none(tape.gradient(surrogate, targets), targets)
+
+        return step.Pass(loss, grads, y_pred, updates, out_grads, vjp)
+
+    return evaluate
+
+
+def sam_gradients(model, options, rho, x, y=None, sample_weight=None):
+    """SAM's descent gradient for one replica's batch; commits the state.
+
+    With `rho == 0` (or on the off-steps of `sam_every`) the step is the
+    base optimizer's single pass, bit for bit Keras' own gradient.
+
+    Returns:
+        A `StepResult`.
+    """
+    _check_logit_loss(model, options.gradient_rule)
+    batch = (x, y, sample_weight)
+    state = []
+    evaluate = make_evaluate(model, state)
+    use_sam = tf.cast(rho, tf.float32) > 0
+    if options.sam_every > 1:
+        every = tf.cast(options.sam_every, model.optimizer.iterations.dtype)
+        use_sam &= tf.equal(model.optimizer.iterations % every, 0)
+    seeds = _seeds(model, options)
+    m = _group_size(model, options, batch)
+    if m is None:
+        result, updates = _whole_batch(
+            model, evaluate, batch, options, rho, seeds, use_sam
+        )
+    else:
+        result, updates = _grouped(
+            model, evaluate, batch, options, rho, seeds, use_sam, m, state
+        )
+    for i, value in updates.items():
+        state[i].assign(value)
+    return result
+
+
+def _whole_batch(model, evaluate, batch, options, rho, seeds, use_sam):
+    """The step with one eps for the replica's whole batch."""
+    weights = [v.value for v in model.trainable_variables]
+    names = [v.name for v in model.trainable_variables]
+    if options.second_order:
+        first = evaluate(weights, batch)
+
+        def sam():
+            return _second_order(model, evaluate, weights, batch, rho, options)
+
+    else:
+        first = evaluate(
+            weights, batch, output_grads=options.gradient_rule != "sam"
+        )
+
+        def sam():
+            return step.descent(
+                evaluate, weights, batch, first, options, rho, seeds, names
+            )
+
+    grads, loss_perturbed = tf.cond(
+        use_sam, sam, lambda: (first.grads, first.loss)
+    )
+    stats = _stats(model, first.loss, loss_perturbed, first.grads, use_sam)
+    return StepResult(grads, first.y_pred, first.loss, stats), first.updates
+
+
+def _second_order(model, evaluate, weights, batch, rho, options):
+    """d/dw L(w + eps(w)), through eps (Foret et al. appendix C.4)."""
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(weights)
+        first = evaluate(weights, batch)
+        eps = perturbation.dual_vector(first.grads, rho, options.p)
+        second = evaluate(step.add(weights, eps), batch, need_grads=False)
+        scaled = model.optimizer.scale_loss(second.loss)
+    grads = step.zeros_for_none(tape.gradient(scaled, weights), weights)
+    return grads, second.loss
+
+
+def _grouped(model, evaluate, batch, options, rho, seeds, use_sam, m, state):
+    """The step with one eps per group of `m` examples (m-sharpness)."""
+    weights = [v.value for v in model.trainable_variables]
+    names = [v.name for v in model.trainable_variables]
+    rule = options.gradient_rule
+    # A batch that is not a multiple of m (the last batch of an epoch, or
+    # an empty replica batch) is perturbed as one group, like m=None.
+    n = sharding.batch_size(batch[0])
+
+    def one_group(group):
+        if options.second_order:
+            first = evaluate(weights, group)
+            grads, loss2 = _second_order(
+                model, evaluate, weights, group, rho, options
+            )
+        else:
+            first = evaluate(weights, group, output_grads=rule != "sam")
+            grads, loss2 = step.descent(
+                evaluate, weights, group, first, options, rho, seeds, names
+            )
+        norm = _unscaled_norm(model, first.grads)
+        return grads, first.y_pred, (first.loss, loss2, norm), first.updates
+
+    def in_groups():
+        named = {"x": batch[0], "y": batch[1], "sample_weight": batch[2]}
+        named = {k: v for k, v in named.items() if v is not None}
+        if not isinstance(n, int):
+            # XLA compiles this branch for batches it is not taken on too:
+            # give it >= 1 whole group (a no-op when it is taken).
+            size = tf.maximum(n // m, 1) * m
+            named = tf.nest.map_structure(
+                lambda t: _resize(t, size, n), named
+            )
+        grads, y_pred, stats, updates = sharding.map_groups(
+            lambda g: one_group((g["x"], g.get("y"), g.get("sample_weight"))),
+            sharding.split_into_groups(named, m),
+        )
+        grads = [tf.reduce_mean(g, axis=0) for g in grads]
+        stats = tuple(tf.reduce_mean(v) for v in stats)
+        merged = _merge_updates(model, state, updates)
+        return grads, sharding.merge_groups(y_pred), stats, merged
+
+    def base():
+        first = evaluate(weights, batch)
+        norm = _unscaled_norm(model, first.grads)
+        stats = (first.loss, first.loss, norm)
+        return first.grads, first.y_pred, stats, first.updates
+
+    if isinstance(n, int):
+        sam = in_groups if n % m == 0 and n > 0 else lambda: one_group(batch)
+    else:
+        divisible = tf.logical_and(tf.equal(n % m, 0), n > 0)
+        sam = lambda: tf.cond(divisible, in_groups, lambda: one_group(batch))
+    grads, y_pred, (loss, loss2, norm), updates = tf.cond(
+        use_sam, sam, base
+    )
+    stats = _stats_from(loss, loss2, norm, use_sam)
+    return StepResult(grads, y_pred, loss, stats), updates
+
+
+def _resize(t, size, n):
+    """`t`'s first `size` rows, zero-padded when it has fewer."""
+    pad = tf.zeros(tf.concat([[tf.maximum(size - n, 0)], tf.shape(t)[1:]], 0), t.dtype)
+    return tf.concat([t, pad], axis=0)[:size]
+
+
+def _merge_updates(model, state, updates) -> dict:
+    """One state update from the groups' updates (stacked on axis 0).
+
+    Metric variables add up the groups' increments (each group counted
+    once, as in one pass over the batch); batch statistics take the groups'
+    mean; integer state (seed generators) is the same in every group.
+    """
+    metric_ids = {id(v) for v in model.metrics_variables}
+    merged = {}
+    for i, values in updates.items():
+        variable = state[i]
+        if id(variable) in metric_ids:
+            old = tf.cast(variable.value, values.dtype)
+            merged[i] = old + tf.reduce_sum(values - old, axis=0)
+        elif values.dtype.is_floating:
+            merged[i] = tf.reduce_mean(values, axis=0)
+        else:
+            merged[i] = values[0]
+    return merged
+
+
+def _group_size(model, options, batch):
+    """The `m` to split by, or None when the whole batch is one group."""
+    m = options.m
+    if m is None:
+        return None
+    if m == 1:
+        for layer in _keras.flatten_layers(model):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                raise ValueError(
+                    f"m=1 (1-SAM) gives BatchNormalization layer "
+                    f"{layer.name!r} a batch of a single example. Use a "
+                    "model with LayerNormalization or GroupNormalization "
+                    "(as Baek et al. do), or m >= 2."
+                )
+    n = sharding.batch_size(batch[0])
+    return None if isinstance(n, int) and n == m else m
+
+
+def _check_logit_loss(model, rule):
+    """L-SAM and J-SAM split gradients at the logits: they need them."""
+    config = getattr(model.loss, "get_config", dict)()
+    if rule != "sam" and not config.get("from_logits", False):
+        raise ValueError(
+            f"gradient_rule={rule!r} splits each gradient into "
+            "dloss/dlogits and dlogits/dw, so the model must output "
+            "logits and the loss must take them: compile with e.g. "
+            "keras.losses.SparseCategoricalCrossentropy("
+            f"from_logits=True). Received: loss={model.loss!r}"
+        )
+
+
+def _seeds(model, options):
+    """`seeds(kind)`: a stateless seed for this step, replica and kind."""
+
+    def seeds(kind):
+        step_index = model.optimizer.iterations
+        if kind == "mask":
+            step_index = step_index // options.mask_update_every
+        seed = tf.stack([options.seed, tf.cast(step_index, tf.int32)])
+        replica = tf.distribute.get_replica_context()
+        if replica is not None:
+            seed = tf.random.experimental.stateless_fold_in(
+                seed, replica.replica_id_in_sync_group
+            )
+        return seed
+
+    return seeds
+
+
+def _unscaled_norm(model, grads):
+    """||g|| of the true local gradient (undo loss and replica scaling)."""
+    norm = perturbation.global_norm(grads)
+    scale = getattr(model.optimizer, "dynamic_scale", None)
+    if scale is not None:
+        norm = norm / tf.cast(scale, tf.float32)
+    return _keras.unscale_loss_for_distribution(norm)
+
+
+def _stats(model, loss, loss_perturbed, grads, use_sam):
+    return _stats_from(
+        loss, loss_perturbed, _unscaled_norm(model, grads), use_sam
+    )
+
+
+def _stats_from(loss, loss_perturbed, grad_norm, use_sam) -> dict:
+    unscale = _keras.unscale_loss_for_distribution
+    sharpness = tf.cast(unscale(loss_perturbed) - unscale(loss), tf.float32)
+    return {
+        "grad_norm": tf.cast(grad_norm, tf.float32),
+        "sharpness": sharpness,
+        "sam_weight": tf.cast(use_sam, tf.float32),
+    }
