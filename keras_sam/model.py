@@ -245,6 +245,12 @@ class SAMModel(MultiWorkerFix, keras.Model):
         logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         return {**logs, **self.sam_logs()}
 
+    @property
+    def sam_metrics(self) -> list:
+        """The `Mean` trackers of `grad_norm` and `sharpness` (not in
+        `model.metrics`, so `evaluate` is a keras.Model's)."""
+        return [self._sam.grad_norm, self._sam.sharpness]
+
     def sam_logs(self) -> dict:
         """SAM's training statistics for the logs: rho, grad_norm, sharpness.
 

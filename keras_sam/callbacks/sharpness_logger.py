@@ -80,15 +80,16 @@ class SharpnessLogger(keras.callbacks.Callback):
         return {k: np.array([row[k] for row in rows]) for k in rows[0]}
 
     def _find_trackers(self):
-        metrics = {m.name: m for m in self.model.metrics}
-        missing = [name for name in _STATS if name not in metrics]
-        if missing:
+        metrics = getattr(self.model, "sam_metrics", None)
+        if metrics is None:
             raise ValueError(
-                f"SharpnessLogger reads the metrics {list(_STATS)} that "
-                "`keras_sam.SAMModel`'s train step reports, but model "
-                f"{self.model.name!r} reports {sorted(metrics)}: train a "
-                "`keras_sam.SAMModel` (compile it before fit)."
+                f"SharpnessLogger reads the statistics {list(_STATS)} that "
+                "`keras_sam.SAMModel`'s train step records, but model "
+                f"{self.model.name!r} is a {type(self.model).__name__}: "
+                "train a `keras_sam.SAMModel` (or "
+                "`SAMModel.from_model(model)`)."
             )
+        metrics = {m.name: m for m in metrics}
         return {name: metrics[name] for name in _STATS}
 
     def _rho(self):
