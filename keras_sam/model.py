@@ -23,6 +23,7 @@ import difflib
 import functools
 import importlib
 import math
+import threading
 import warnings
 from typing import NamedTuple
 
@@ -224,7 +225,7 @@ class SAMModel(MultiWorkerFix, keras.Model):
         >>> _ = model.fit(np.ones((4, 2)), np.ones((4, 1)), verbose=0)
         """
         self._sam.calls += 1
-        result = backend_step.sam_gradients(
+        result, self._sam.local.deferred = backend_step.sam_gradients(
             self, self.sam_options, self._sam.rho, x, y, sample_weight
         )
         self._sam.record(result.stats)
@@ -242,6 +243,7 @@ class SAMModel(MultiWorkerFix, keras.Model):
             self.optimizer.apply(grads, self.trainable_variables)
         else:
             warnings.warn("The model does not have any trainable weights.")
+        backend_step.sync_statistics(getattr(self._sam.local, "deferred", []))
         logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         return {**logs, **self.sam_logs()}
 
@@ -389,6 +391,9 @@ class _SAMState:
         self.sharpness = keras.metrics.Mean(name="sharpness")
         self.calls = 0
         self.warned = False
+        # Per replica thread (MirroredStrategy runs replicas in threads):
+        # the moving statistics to average after the optimizer step.
+        self.local = threading.local()
 
     def record(self, stats):
         # A step whose gradient overflowed (skipped by a LossScaleOptimizer)

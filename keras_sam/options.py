@@ -47,6 +47,11 @@ class SAMOptions:
             only and the base optimizer's single pass in between, for an
             average cost of 1 + 1/sam_every passes; 1 is SAM.
         seed: Integer seed of random perturbations and masks.
+        sync_moving_statistics: Under a distribution strategy, average
+            BatchNormalization moving statistics across replicas after each
+            step (as SyncBatchNorm users expect). Off by default, as in
+            Keras, where each replica keeps its own (and the checkpoint the
+            first replica's).
     """
 
     m: Optional[int] = None
@@ -63,6 +68,7 @@ class SAMOptions:
     mask_update_every: int = 1
     sam_every: int = 1
     seed: int = 0
+    sync_moving_statistics: bool = False
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)
@@ -71,7 +77,12 @@ class SAMOptions:
         _check_choice("perturbation", self.perturbation, PERTURBATIONS)
         _check_choice("gradient_rule", self.gradient_rule, GRADIENT_RULES)
         _check_choice("mask", self.mask, MASKS)
-        for name in ("adaptive", "second_order", "adapt_normalization"):
+        for name in (
+            "adaptive",
+            "second_order",
+            "adapt_normalization",
+            "sync_moving_statistics",
+        ):
             _check_bool(name, getattr(self, name))
         if isinstance(self.seed, bool) or not isinstance(
             self.seed, numbers.Integral

@@ -416,3 +416,34 @@ def test_functional_use_of_a_subclass_leaves_other_subclasses_intact(tmp_path):
     assert isinstance(loaded, FunctionalSubclass) and loaded.m == 2
     # Subclasses written the usual way still build as before.
     TinyNet(rho=0.1)(np.zeros((1, reference.INPUT_DIM), "float32"))
+
+
+def _replica_moving_means(**sam_kwargs):
+    """BatchNorm moving means of each of 2 replicas after one step."""
+    keras.utils.set_random_seed(0)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        inputs = keras.Input((3,))
+        normed = keras.layers.BatchNormalization()(
+            keras.layers.Dense(4)(inputs)
+        )
+        if sam_kwargs:
+            model = keras_sam.SAMModel(
+                inputs, keras.layers.Dense(1)(normed), **sam_kwargs
+            )
+        else:
+            model = keras.Model(inputs, keras.layers.Dense(1)(normed))
+        model.compile("sgd", "mse")
+    x = np.concatenate([np.zeros((4, 3)), 5 + np.ones((4, 3))]).astype("f4")
+    model.fit(x, np.ones((8, 1)), batch_size=8, shuffle=False, verbose=0)
+    bn = model.layers[2]
+    return [v.numpy() for v in bn.moving_mean.value.values]
+
+
+def test_moving_statistics_are_averaged_across_replicas_on_request():
+    plain = _replica_moving_means()
+    assert not np.allclose(plain[0], plain[1])  # Keras: replicas diverge
+    np.testing.assert_array_equal(_replica_moving_means(rho=0.0), plain)
+    synced = _replica_moving_means(rho=0.0, sync_moving_statistics=True)
+    for replica in synced:
+        np.testing.assert_allclose(replica, (plain[0] + plain[1]) / 2, 1e-6)

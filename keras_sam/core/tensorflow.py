@@ -111,7 +111,9 @@ def sam_gradients(model, options, rho, x, y=None, sample_weight=None):
     base optimizer's single pass, bit for bit Keras' own gradient.
 
     Returns:
-        A `StepResult`.
+        A `StepResult`, and the moving statistics to average across replicas
+        with `sync_statistics` after the optimizer step (`[]` unless
+        `options.sync_moving_statistics`).
     """
     _check_logit_loss(model, options.gradient_rule)
     batch = (x, y, sample_weight)
@@ -131,9 +133,44 @@ def sam_gradients(model, options, rho, x, y=None, sample_weight=None):
         result, updates = _grouped(
             model, evaluate, batch, options, rho, seeds, use_sam, m, state
         )
+    synced = _synced_statistics(model, options)
+    deferred = [(state[i], updates.pop(i)) for i in list(updates)
+                if id(state[i]) in synced]
     for i, value in updates.items():
         state[i].assign(value)
-    return result
+    return result, deferred
+
+
+def sync_statistics(deferred):
+    """Averages the deferred moving statistics across replicas, assigns them.
+
+    Called after the optimizer's gradient all-reduce: collectives must run in
+    the same order on every replica.
+    """
+    if not deferred:
+        return
+    variables, values = zip(*deferred)
+    values = tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.MEAN, list(values)
+    )
+    for variable, value in zip(variables, values):
+        variable.assign(value)
+
+
+def _synced_statistics(model, options) -> set:
+    """ids of the moving statistics to average across replicas (if asked
+    and there are replicas to average over)."""
+    context = tf.distribute.get_replica_context()
+    if not options.sync_moving_statistics or context is None:
+        return set()
+    if context.num_replicas_in_sync == 1:
+        return set()
+    return {
+        id(v)
+        for layer in _keras.flatten_layers(model)
+        if isinstance(layer, keras.layers.BatchNormalization)
+        for v in (layer.moving_mean, layer.moving_variance)
+    }
 
 
 def _whole_batch(model, evaluate, batch, options, rho, seeds, use_sam):
