@@ -71,32 +71,23 @@ class SAMModel(MultiWorkerFix, keras.Model):
     Args:
         *args: Passed to `keras.Model` (e.g. `inputs, outputs`).
         rho: Float >= 0, the radius of the perturbation ball. Stored in the
-            non-trainable variable `model.rho`, which callbacks may assign
-            between steps without retracing, and which is saved with the
-            model. 0 reproduces the base optimizer. Defaults to 0.05.
-        m, p, perturbation, adaptive, eta, ascent_steps, second_order,
-            gradient_rule, perturbed_fraction, mask, mask_update_every,
-            sam_every, seed: the variant of the step, see
-            `keras_sam.options.SAMOptions`. The defaults are Algorithm 1:
-            `m=None` perturbs with the gradient of each replica's whole
-            batch; `m` splits each replica's batch into groups of `m`
-            examples with one eps each and descends along the mean of the
-            groups' SAM gradients (`m=1` is per-example 1-SAM), mapped by
-            `sharding.map_groups` (vectorised for dense models, unrolled for
-            convolutional models with few enough groups). The per-replica batch must be divisible by `m`
-            (batch with `drop_remainder=True`), and `m=1` refuses
-            BatchNormalization. `p` is the norm of the ball (eq. 2). A random
-            perturbation is drawn once per step and replica (shared by its
-            groups).
+            variable `model.rho` (not a weight of the model), which
+            callbacks may assign between steps without retracing; its
+            current value is saved in the config. 0 is exactly the base
+            optimizer, at the cost of one pass. Defaults to 0.05.
+        **options: The variant of the step (`m`, `p`, `perturbation`,
+            `adaptive`, ...), see `keras_sam.options.SAMOptions`; the
+            defaults are Algorithm 1. `m` splits each replica's batch into
+            groups of `m` examples with one eps each (`m=1` is 1-SAM); a
+            batch that is not a multiple of `m` is perturbed as one group.
         **kwargs: Passed to `keras.Model`.
 
     The loss and metrics reported by `fit` are measured at w, in the first
-    of the two passes, like a plain Keras model's. The step also reports
-    `grad_norm`, the norm of the ascent gradient, and `sharpness`, the
-    estimate L(w + eps) - L(w) from the same two passes (means over groups
-    and replicas). BatchNormalization moving statistics are updated by the
-    pass at w only. Dropout draws the same mask in both passes (the random
-    state is the same for both), so eps is evaluated on the same subnetwork.
+    of the two passes, exactly as a keras.Model reports them; the training
+    logs also hold `rho`, `grad_norm` (the norm of the ascent gradient) and
+    `sharpness` (L(w + eps) - L(w)). Both passes see the same random state
+    (the same dropout masks), and only the pass at w updates the model's
+    state (BatchNorm statistics, seed generators, metrics).
 
     Example:
 
@@ -108,9 +99,8 @@ class SAMModel(MultiWorkerFix, keras.Model):
     ...     SparseCategoricalCrossentropy(from_logits=True))
     >>> x, y = np.ones((8, 4)), np.zeros((8,))
     >>> history = model.fit(x, y, batch_size=4, epochs=1, verbose=0)
-
-    For static shapes (XLA, TPUs, or `m` with a dataset whose size is not a
-    multiple of the batch), batch with `drop_remainder=True`.
+    >>> sorted(history.history)
+    ['grad_norm', 'loss', 'rho', 'sharpness']
 
     References:
         Foret et al., "Sharpness-Aware Minimization for Efficiently
@@ -118,7 +108,6 @@ class SAMModel(MultiWorkerFix, keras.Model):
         section 4.1 (m-sharpness). Andriushchenko and Flammarion, "Towards
         Understanding Sharpness-Aware Minimization", ICML 2022 (1-SAM).
     """
-
 
     def __new__(cls, *args, **kwargs):
         # `SAMModel(inputs, outputs)` (or a subclass called that way) builds
