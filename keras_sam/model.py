@@ -32,6 +32,7 @@ import numpy as np
 
 from keras_sam import _keras
 from keras_sam.core import tensorflow as backend_step
+from keras_sam.core.policy import StepState
 from keras_sam.distribution import MultiWorkerFix
 from keras_sam.options import SAMOptions
 
@@ -124,6 +125,13 @@ class SAMModel(MultiWorkerFix, keras.Model):
             **{key: kwargs.pop(key) for key in list(kwargs) if key in names}
         )
         rho = check_rho(rho)
+        if args and isinstance(args[0], keras.Model):
+            raise ValueError(
+                f"SAMModel takes (inputs, outputs) or no positional "
+                f"arguments, not a model ({type(args[0]).__name__} "
+                f"{args[0].name!r}). To train an existing model with SAM, "
+                "use `keras_sam.SAMModel.from_model(model, rho=...)`."
+            )
         if _is_functional_call(args, kwargs):
             _check_functional_kwargs(kwargs, names)
         with _bases_kept(SAMModel):
@@ -173,6 +181,7 @@ class SAMModel(MultiWorkerFix, keras.Model):
         config = dict(config)
         rho = check_rho(config.pop("rho", self.get_sam_config()["rho"]))
         self._sam.options = SAMOptions(**config)
+        self._sam.step_state = None
         self._sam.rho.assign(rho)
         self.train_function = None
 
@@ -215,10 +224,20 @@ class SAMModel(MultiWorkerFix, keras.Model):
         """
         self._sam.calls += 1
         result, self._sam.local.deferred = backend_step.sam_gradients(
-            self, self.sam_options, self._sam.rho, x, y, sample_weight
+            self, self.sam_options, self._sam.rho, x, y, sample_weight,
+            step_state=self._sam.step_state,
         )
         self._sam.record(result.stats)
         return SAMGradients(result.grads, result.y_pred, result.loss)
+
+    def make_train_function(self, force=False):
+        # The policy's per-replica state (AE-SAM, LookSAM, a kept mask,
+        # Momentum-SAM's optimizer slots) needs the built model and
+        # optimizer, and must be created outside the traced step; a new
+        # train function (after `compile`) starts it afresh.
+        if force or self.train_function is None:
+            self._sam.step_state = StepState(self, self.sam_options)
+        return super().make_train_function(force=force)
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -378,6 +397,7 @@ class _SAMState:
         )
         self.grad_norm = keras.metrics.Mean(name="grad_norm")
         self.sharpness = keras.metrics.Mean(name="sharpness")
+        self.step_state = None  # built with the train function
         self.calls = 0
         self.warned = False
         # Per replica thread (MirroredStrategy runs replicas in threads):
