@@ -96,3 +96,33 @@ def additional_loss(model, loss):
     from the compiled loss.
     """
     return model._aggregate_additional_loss(loss)
+
+
+def graph_operations(model) -> list:
+    """The operation of every node of a functional `model`, one per call.
+
+    A layer used twice appears twice. `Function._nodes_by_depth` is the only
+    record of a functional graph's calls (`model.layers` lists each layer
+    once, whatever its number of calls).
+    """
+    return [
+        node.operation
+        for nodes in model._nodes_by_depth.values()
+        for node in nodes
+        if node.operation is not None and not node.is_input
+    ]
+
+
+def run_graph(model, inputs, operation_fn):
+    """A functional `model`'s outputs with `operation_fn(op)` run for `op`.
+
+    `Functional.call` walks its graph with `Function._run_through_graph`;
+    the per-example SAM step runs its own form of Dense and
+    LayerNormalization layers in that walk, and there is no public hook.
+    """
+    outputs = model._run_through_graph(
+        model._standardize_inputs(inputs), operation_fn=operation_fn
+    )
+    if isinstance(outputs, (list, tuple)) and len(outputs) == 1:
+        return outputs[0]  # as `Functional.call` unpacks a singleton
+    return outputs

@@ -1,0 +1,505 @@
+"""1-SAM (m = 1) for dense models without per-example weight copies.
+
+1-SAM perturbs the weights of every example i by its own
+eps_i = rho g_i / ||g_i||, g_i the gradient of example i's loss over all
+trainable weights (Baek et al. eq. 2.6), and descends along the mean of the
+gradients at w + eps_i. Mapping the SAM step over examples builds a copy of
+the weights per example. For a Dense layer z = a W + b the per-example
+gradient has a closed form, no copy needed (Goodfellow 2015):
+
+    dW_i = A_i^T Delta_i,  db_i = sum_t Delta_{i,t},  Delta_i = dL_i/dz_i,
+
+with A_i the layer's inputs of example i at its T positions (T = 1 for
+rank-2 inputs). So the per-example squared norm is
+sum((A_i A_i^T) * (Delta_i Delta_i^T)) + ||sum_t Delta_{i,t}||^2, and the
+pass at w + eps_i is batched: the layer's output at its input A'_i is
+
+    A'_i (W + c_i dW_i) + b + c_i db_i
+        = A'_i W + b + c_i ((A'_i A_i^T) Delta_i + db_i),   c_i = rho/||g_i||.
+
+LayerNormalization is the same with dgamma_i = sum_t xhat_{i,t} dy_{i,t}
+and dbeta_i = sum_t dy_{i,t}. Both passes cost about a batched forward and
+backward pass, as SAM's do, plus T x T products per example.
+
+`supported(model, options)` says whether a model and step qualify: a
+Sequential or functional graph of Dense and LayerNormalization layers (each
+called once) and weightless per-example layers, a compiled mean-reduced
+loss, no regularisers, plain SAM, L-SAM or J-SAM with p = 2 and one ascent
+step. `per_example_sam_gradients` is then exactly the mean of the m = 1
+groups' SAM gradients that the grouped step computes.
+
+References:
+    Foret et al., "Sharpness-Aware Minimization for Efficiently Improving
+    Generalization", ICLR 2021, section 4.1 (m-sharpness).
+    Baek, Kolter and Raghunathan, "Why is SAM Robust to Label Noise?",
+    ICLR 2024, equations 2.6 (1-SAM), 2.8 (L-SAM) and 2.9 (J-SAM).
+    Goodfellow, "Efficient Per-Example Gradient Computations",
+    arXiv:1510.01799, 2015.
+"""
+
+import functools
+from typing import Any, NamedTuple
+
+import keras
+import tensorflow as tf
+
+from keras_sam import _keras
+from keras_sam import perturbation
+from keras_sam.core import step
+
+_L = keras.layers
+# Weightless layers that act on each example alone (exact types only: a
+# subclass may do anything in `call`).
+PER_EXAMPLE_LAYERS = (
+    _L.InputLayer, _L.Activation, _L.ReLU, _L.LeakyReLU, _L.ELU, _L.Softmax,
+    _L.Add, _L.Subtract, _L.Multiply, _L.Average, _L.Maximum, _L.Minimum,
+    _L.Concatenate, _L.Reshape, _L.Permute, _L.Flatten, _L.RepeatVector,
+    _L.Identity, _L.Dropout, _L.GlobalAveragePooling1D,
+    _L.GlobalMaxPooling1D,
+)
+# Operations a functional graph records for `x + y` and the like.
+PER_EXAMPLE_OPS = frozenset({"Add", "Subtract", "Multiply", "Divide"})
+MEAN_REDUCTIONS = ("sum_over_batch_size", "mean")
+
+
+class PerExampleResult(NamedTuple):
+    grads: list  # mean over examples of the SAM gradients (loss-scaled)
+    y_pred: Any  # the outputs at w
+    loss: tf.Tensor  # the loss at w (the mean of the examples' losses)
+    loss_perturbed: tf.Tensor  # the mean of the losses at w + eps_i
+    grad_norm: tf.Tensor  # the mean of ||g_i||, unscaled
+    updates: dict  # index into `state` -> value, from the pass at w
+
+
+def supported(model, options) -> bool:
+    """Whether `per_example_sam_gradients` computes `model`'s 1-SAM step.
+
+    Args:
+        model: A compiled Keras model.
+        options: The step's `SAMOptions`.
+
+    Returns:
+        True for m = 1, p = 2, gradient perturbations with one ascent step
+        and no ASAM, mask or second order, any `gradient_rule`; a
+        `keras.Sequential` or functional model whose layers are Dense and
+        LayerNormalization (each called once, float32 or one dtype, no
+        LoRA or quantisation, LayerNormalization over the last axis) and
+        weightless per-example layers (`PER_EXAMPLE_LAYERS`, dropout only
+        at rate 0); and the compiled loss reduced by "sum_over_batch_size",
+        with no regulariser.
+    """
+    return (
+        _options_supported(options)
+        and _loss_supported(model)
+        and _layers_supported(model)
+    )
+
+
+def _options_supported(options) -> bool:
+    return (
+        options.m == 1
+        and options.p == 2.0
+        and options.perturbation == "gradient"
+        and not options.adaptive
+        and options.ascent_steps == 1
+        and not options.second_order
+        and options.perturbed_fraction == 1.0
+    )
+
+
+def _loss_supported(model) -> bool:
+    """A compiled loss that is the mean of the examples' losses."""
+    if model.loss is None or model.optimizer is None:
+        return False
+    for name in ("compute_loss", "_compute_loss"):
+        if getattr(type(model), name) is not getattr(keras.Model, name):
+            return False
+    losses = tf.nest.flatten(model.loss)
+    if any(
+        getattr(loss, "reduction", MEAN_REDUCTIONS[0]) not in MEAN_REDUCTIONS
+        for loss in losses
+    ):
+        return False
+    return not any(
+        getattr(v, "regularizer", None) is not None for v in model.weights
+    )
+
+
+def _layers_supported(model) -> bool:
+    operations = _operations(model)
+    if operations is None:
+        return False
+    weighted = [
+        op for op in operations
+        if type(op) in (_L.Dense, _L.LayerNormalization)
+    ]
+    if len({id(op) for op in weighted}) < len(weighted):
+        return False  # a layer called twice: its gradients add up
+    covered = {id(v) for op in weighted for v in op.trainable_variables}
+    return all(map(_operation_supported, operations)) and all(
+        id(v) in covered for v in model.trainable_variables
+    )
+
+
+def _operations(model):
+    """The operations `model.call` runs, or None if it is not a graph."""
+    if type(model).call is keras.Sequential.call:
+        return list(model.layers)
+    if type(model).call is _keras.Functional.call:
+        return _keras.graph_operations(model)
+    return None
+
+
+def _operation_supported(op) -> bool:
+    if not isinstance(op, keras.layers.Layer):
+        return (
+            type(op).__name__ in PER_EXAMPLE_OPS
+            and type(op).__module__ == "keras.src.ops.numpy"
+        )
+    if getattr(op, "activity_regularizer", None) is not None:
+        return False
+    if type(op) is _L.Dense:
+        return not op.lora_enabled and _plain_dtype(op) and (
+            getattr(op, "quantization_mode", None) is None
+        )
+    if type(op) is _L.LayerNormalization:
+        return not op.rms_scaling and _plain_dtype(op) and _last_axis(op)
+    if type(op) is _L.Dropout:
+        return op.rate == 0
+    return (
+        type(op) in PER_EXAMPLE_LAYERS
+        and not op.trainable_weights
+        and getattr(op, "axis", -1) != 0
+    )
+
+
+def _plain_dtype(layer) -> bool:
+    policy = layer.dtype_policy
+    return policy.compute_dtype == policy.variable_dtype
+
+
+def _last_axis(layer) -> bool:
+    axes = layer.axis if isinstance(layer.axis, list) else [layer.axis]
+    try:
+        rank = len(layer.input.shape)
+    except (AttributeError, ValueError):
+        return False
+    return len(axes) == 1 and axes[0] in (-1, rank - 1)
+
+
+def per_example_sam_gradients(
+    model, x, y=None, sample_weight=None, *, rho, gradient_rule="sam",
+    state=None,
+):
+    """The mean over examples of the per-example (m = 1) SAM gradients.
+
+    Both passes run batched; no weights are copied per example. The result
+    equals the grouped step with m = 1 (one group per example) to float
+    tolerance, for models that `supported` accepts.
+
+    Args:
+        model: A compiled Keras model that `supported` accepts.
+        x, y, sample_weight: The replica's batch.
+        rho: Scalar, the radius of every example's perturbation.
+        gradient_rule: "sam" (the gradient at w + eps_i), "logit" (L-SAM:
+            dl/df at w + eps_i times df/dw at w, Baek et al. eq. 2.8) or
+            "jacobian" (J-SAM: dl/df at w times df/dw at w + eps_i, eq. 2.9).
+        state: Optional list of state variables (as the step keeps them);
+            the updates that computing the loss at w records for them are
+            returned, indexed into it.
+
+    Returns:
+        A `PerExampleResult`. Gradients are of the loss as the optimizer
+        scales it (`scale_loss`), like Keras' own.
+
+    References:
+        Baek, Kolter and Raghunathan, "Why is SAM Robust to Label Noise?",
+        ICLR 2024, equations 2.6, 2.8 and 2.9.
+    """
+    weights = [v.value for v in model.trainable_variables]
+    batch = (x, y, sample_weight)
+    first = _Forward(model, weights)
+    with tf.GradientTape(
+        persistent=gradient_rule == "logit", watch_accessed_variables=False
+    ) as tape:
+        tape.watch(weights)
+        first.watch = tape.watch
+        y_pred = _run(model, x, first)
+        loss, scaled, updates = _loss(model, first, batch, y_pred, state)
+    outputs = tf.nest.flatten(y_pred)
+    taps = [tap[-1] for tap in first.taps]
+    grads = tape.gradient(scaled, taps + outputs)
+    n = tf.cast(tf.shape(tf.nest.flatten(x)[0])[0], tf.float32)
+    factors, norms = _factors(first, grads[: len(taps)], n)
+    second = _Forward(model, weights, factors, _scales(norms, rho))
+    if gradient_rule == "logit":
+        sam_grads, loss2 = _logit_rule(model, second, batch, tape, outputs)
+    else:
+        cotangents = grads[len(taps):] if gradient_rule == "jacobian" else None
+        sam_grads, loss2 = _descent(model, second, batch, cotangents)
+    return PerExampleResult(
+        step.zeros_for_none(sam_grads, weights), y_pred, loss, loss2,
+        _unscaled_mean_norm(model, norms), updates,
+    )
+
+
+def _scales(norms, rho):
+    """c_i = rho / ||g_i|| (0 where ||g_i|| is not finite), as eq. 2."""
+    rho = tf.cast(rho, tf.float32)
+    scales = rho / (norms + perturbation.NORM_EPSILON)
+    return tf.where(tf.math.is_finite(norms), scales, 0.0)
+
+
+def sam_branch(model, batch, options, rho, state):
+    """The SAM branch of the grouped step for m = 1, as it returns it.
+
+    Returns:
+        `(grads, y_pred, (loss, loss_perturbed, grad_norm), updates)`.
+    """
+    result = per_example_sam_gradients(
+        model, *batch, rho=rho, gradient_rule=options.gradient_rule,
+        state=_filled(model, state),
+    )
+    stats = (result.loss, result.loss_perturbed, result.grad_norm)
+    return result.grads, result.y_pred, stats, result.updates
+
+
+def _filled(model, state):
+    """`state`, filled as the backend's `evaluate` fills it when empty."""
+    if not state:
+        from keras_sam.core import tensorflow  # imports this module
+
+        state.extend(tensorflow.state_variables(model))
+    return state
+
+
+def _loss(model, forward, batch, y_pred, state=None):
+    """The loss, the scaled loss and the state updates it records."""
+    x, y, sample_weight = batch
+    mapping = list(zip(model.trainable_variables, forward.weights))
+    with keras.StatelessScope(mapping, collect_losses=True) as scope:
+        loss = _keras.compute_loss(model, x, y, y_pred, sample_weight)
+    updates = {}
+    for i, variable in enumerate(state or ()):
+        value = scope.get_current_value(variable)
+        if value is not None:
+            updates[i] = value
+    return loss, model.optimizer.scale_loss(loss), updates
+
+
+def _descent(model, forward, batch, cotangents=None):
+    """SAM's gradient at w + eps_i (J-SAM's: through the `cotangents`)."""
+    weights = forward.weights
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(weights)
+        y_pred = _run(model, batch[0], forward)
+        loss, scaled, _ = _loss(model, forward, batch, y_pred)
+    if cotangents is None:
+        return tape.gradient(scaled, weights), loss
+    outputs = tf.nest.flatten(y_pred)
+    cotangents = step.zeros_for_none(cotangents, outputs)
+    return tape.gradient(outputs, weights, output_gradients=cotangents), loss
+
+
+def _logit_rule(model, forward, batch, first_tape, first_outputs):
+    """L-SAM: dl/df at each w + eps_i, through df/dw at w."""
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        y_pred = _run(model, batch[0], forward)
+        outputs = tf.nest.flatten(y_pred)
+        tape.watch(outputs)
+        loss, scaled, _ = _loss(model, forward, batch, y_pred)
+    cotangents = step.zeros_for_none(tape.gradient(scaled, outputs), outputs)
+    grads = first_tape.gradient(
+        first_outputs, forward.weights, output_gradients=cotangents
+    )
+    return grads, loss
+
+
+def _unscaled_mean_norm(model, norms):
+    """The mean ||g_i||, undoing loss and replica scaling."""
+    norm = tf.reduce_mean(norms)
+    scale = getattr(model.optimizer, "dynamic_scale", None)
+    if scale is not None:
+        norm = norm / tf.cast(scale, tf.float32)
+    return _keras.unscale_loss_for_distribution(norm)
+
+
+def _run(model, x, forward):
+    """`model(x)` with `forward` running each operation."""
+    if type(model).call is keras.Sequential.call:
+        for layer in model.layers:
+            x = forward(layer)(x)
+        return x
+    return _keras.run_graph(model, x, forward)
+
+
+class _Forward:
+    """Runs a model's operations, Dense and LayerNormalization by hand.
+
+    On the pass at w (no `factors`) it records, for every layer with
+    trainable weights, what its per-example gradients are made of (`taps`:
+    the layer, its input or normalised input, and its output, which it
+    asks the tape to `watch`). On the pass at w + eps_i it adds to each such
+    layer's output the closed form of example i's perturbation, `scale[i]`
+    times its per-example gradient (`factors`).
+    """
+
+    def __init__(self, model, weights, factors=None, scale=None):
+        self.weights = weights
+        variables = model.trainable_variables
+        self.values = {id(v): w for v, w in zip(variables, weights)}
+        self.factors = factors
+        self.scale = scale
+        self.taps = []
+        self.watch = lambda tensor: None
+
+    def __call__(self, op):
+        if type(op) is _L.Dense:
+            return functools.partial(self._dense, op)
+        if type(op) is _L.LayerNormalization:
+            return functools.partial(self._norm, op)
+        return op
+
+    def _value(self, variable):
+        return self.values.get(id(variable), variable.value)
+
+    def _dense(self, layer, inputs, **unused_kwargs):
+        inputs = tf.cast(inputs, layer.compute_dtype)
+        z = keras.ops.matmul(inputs, self._value(layer.kernel))
+        if layer.bias is not None:
+            z = z + self._value(layer.bias)
+        return layer.activation(self._perturb(layer, inputs, z, _dense_shift))
+
+    def _norm(self, layer, inputs, **unused_kwargs):
+        inputs = tf.cast(inputs, layer.compute_dtype)
+        xhat = keras.ops.layer_normalization(
+            inputs, None, None, layer.axis, layer.epsilon
+        )
+        y = xhat
+        if layer.gamma is not None:
+            y = y * self._value(layer.gamma)
+        if layer.beta is not None:
+            y = y + self._value(layer.beta)
+        return self._perturb(layer, xhat, y, _norm_shift)
+
+    def _perturb(self, layer, inputs, output, shift):
+        """`output`, recorded (at w) or perturbed (at w + eps_i)."""
+        if self.factors is None:
+            if any(id(v) in self.values for v in layer.trainable_variables):
+                self.watch(output)
+                self.taps.append((layer, inputs, output))
+            return output
+        factor = self.factors.get(id(layer))
+        if factor is None:
+            return output
+        return output + shift(inputs, factor, self.scale, output)
+
+
+def _factors(forward, tap_grads, n):
+    """Every tapped layer's per-example gradient factors, and ||g_i||.
+
+    Args:
+        forward: The `_Forward` of the pass at w.
+        tap_grads: The gradients of the batch loss at the taps' outputs.
+        n: The batch size (float32): example i's own loss has n times the
+            batch loss's gradient at its outputs ("sum_over_batch_size").
+    """
+    factors, squares = {}, []
+    for (layer, inputs, _), grad in zip(forward.taps, tap_grads):
+        if grad is None:
+            continue  # the layer does not reach the loss
+        inputs = tf.stop_gradient(_as_sequence(inputs))
+        delta = tf.stop_gradient(_as_sequence(grad * tf.cast(n, grad.dtype)))
+        if type(layer) is _L.Dense:
+            factor, square = _dense_factors(forward, layer, inputs, delta)
+        else:
+            factor, square = _norm_factors(forward, layer, inputs, delta)
+        factors[id(layer)] = factor
+        squares.append(tf.cast(square, tf.float32))
+    if not squares:
+        return factors, tf.zeros([tf.cast(n, tf.int32)])
+    return factors, tf.sqrt(tf.add_n(squares))
+
+
+def _dense_factors(forward, layer, a, delta):
+    """`(A_i, Delta_i, db_i)` and ||dW_i||^2 + ||db_i||^2 per example."""
+    kernel = id(layer.kernel) in forward.values
+    bias = layer.bias is not None and id(layer.bias) in forward.values
+    square = 0.0
+    if kernel and a.shape[1] == 1:
+        square = tf.reduce_sum(tf.square(a), [1, 2]) * tf.reduce_sum(
+            tf.square(delta), [1, 2]
+        )
+    elif kernel and _positions_first(a, delta):
+        gram = tf.matmul(a, a, transpose_b=True)
+        gram = gram * tf.matmul(delta, delta, transpose_b=True)
+        square = tf.reduce_sum(gram, [1, 2])
+    elif kernel:
+        kernel_grad = tf.matmul(a, delta, transpose_a=True)
+        square = tf.reduce_sum(tf.square(kernel_grad), [1, 2])
+    bias_grad = tf.reduce_sum(delta, 1) if bias else None
+    if bias:
+        square += tf.reduce_sum(tf.square(bias_grad), 1)
+    return ((a, delta) if kernel else None, bias_grad), square
+
+
+def _dense_shift(inputs, factor, scale, output):
+    """A'_i (c_i dW_i) + c_i db_i for every example i."""
+    kernel, bias_grad = factor
+    x = _as_sequence(inputs)
+    shift = 0.0
+    if kernel is not None:
+        a, delta = kernel
+        if x.shape[1] == 1:
+            shift = tf.reduce_sum(x * a, -1, keepdims=True) * delta
+        elif _positions_first(a, delta):
+            shift = tf.matmul(tf.matmul(x, a, transpose_b=True), delta)
+        else:
+            shift = tf.matmul(x, tf.matmul(a, delta, transpose_a=True))
+    if bias_grad is not None:
+        shift = shift + bias_grad[:, None, :]
+    c = tf.cast(scale, output.dtype)[:, None, None]
+    return tf.reshape(c * shift, tf.shape(output))
+
+
+def _positions_first(a, delta) -> bool:
+    """Whether the T x T Gram form is cheaper than dW_i itself."""
+    positions, fan_in, units = a.shape[1], a.shape[2], delta.shape[2]
+    if positions is None:
+        return True
+    return positions * (fan_in + units) <= 2 * fan_in * units
+
+
+def _norm_factors(forward, layer, xhat, dy):
+    """`(dgamma_i, dbeta_i)` and their squared norm per example."""
+    gamma = layer.gamma is not None and id(layer.gamma) in forward.values
+    beta = layer.beta is not None and id(layer.beta) in forward.values
+    scale_grad = tf.reduce_sum(xhat * dy, 1) if gamma else None
+    offset_grad = tf.reduce_sum(dy, 1) if beta else None
+    square = 0.0
+    for grad in (scale_grad, offset_grad):
+        if grad is not None:
+            square += tf.reduce_sum(tf.square(grad), 1)
+    return (scale_grad, offset_grad), square
+
+
+def _norm_shift(xhat, factor, scale, output):
+    """xhat'_i (c_i dgamma_i) + c_i dbeta_i for every example i."""
+    scale_grad, offset_grad = factor
+    c = tf.cast(scale, output.dtype)[:, None]
+    shape = [-1] + [1] * (output.shape.rank - 2) + [output.shape[-1]]
+    shift = 0.0
+    if scale_grad is not None:
+        shift = xhat * tf.reshape(c * scale_grad, shape)
+    if offset_grad is not None:
+        shift = shift + tf.reshape(c * offset_grad, shape)
+    return shift
+
+
+def _as_sequence(t):
+    """`t` as `[n, positions, features]` (one position for rank 2)."""
+    if t.shape.rank == 2:
+        return t[:, None, :]
+    if t.shape.rank == 3:
+        return t
+    return tf.reshape(t, [tf.shape(t)[0], -1, t.shape[-1]])
