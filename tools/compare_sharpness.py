@@ -36,12 +36,12 @@ import numpy as np
 
 import keras_sam  # noqa: F401  (registers SAMModel for load_model)
 from keras_sam import datasets
-from keras_sam import functional_loss
-from keras_sam import hessian
-from keras_sam import landscape
-from keras_sam import landscape_plots
+from keras_sam.diagnostics import stateless_loss
+from keras_sam.diagnostics import hessian
+from keras_sam.diagnostics import landscape
+from keras_sam.diagnostics import plots
 from keras_sam import noise
-from keras_sam import sharpness
+from keras_sam.diagnostics import sharpness
 
 _MODEL_A = flags.DEFINE_string(
     "model_a", None, "First .keras model (e.g. SGD).", required=True
@@ -121,7 +121,7 @@ def measure(model, data, loss_fn, verbose) -> dict:
         lambda text: None
     )
     batch = _BATCH_SIZE.value
-    loss = functional_loss.evaluate_loss(model, data, loss_fn, batch)
+    loss = stateless_loss.evaluate_loss(model, data, loss_fn, batch)
     predictions = model.predict(x, batch_size=batch, verbose=0)
     accuracy = float(np.mean(np.argmax(predictions, axis=-1) == y))
     say(f"  Lanczos, {_LANCZOS_ITERS.value} Hessian-vector products")
@@ -161,10 +161,10 @@ def draw_landscapes(models, labels, data, loss_fn, output_dir, verbose):
         models[0], models[1], data,
         np.linspace(-0.5, 1.5, _INTERP_POINTS.value), loss_fn, batch, verbose,
     )
-    paths += landscape_plots.save_curves(
+    paths += plots.save_curves(
         out("interpolation"), curve.alphas, {"loss": curve.losses}
     )
-    paths.append(landscape_plots.plot_curves(
+    paths.append(plots.plot_curves(
         out("interpolation.png"), curve.alphas,
         {f"(1 - a) {labels[0]} + a {labels[1]}": curve.losses},
         xlabel="a", title="Linear interpolation",
@@ -184,8 +184,8 @@ def draw_landscapes(models, labels, data, loss_fn, output_dir, verbose):
     }
     alphas = slices[labels[0]].alphas
     curves = {label: s.losses for label, s in slices.items()}
-    paths += landscape_plots.save_curves(out("slice_1d"), alphas, curves)
-    paths.append(landscape_plots.plot_curves(
+    paths += plots.save_curves(out("slice_1d"), alphas, curves)
+    paths.append(plots.plot_curves(
         out("slice_1d.png"), alphas, curves,
         title="Filter-normalised random direction",
     ))
@@ -202,13 +202,13 @@ def draw_landscapes(models, labels, data, loss_fn, output_dir, verbose):
         max(s.losses.max() for s in surfaces.values()),
     )
     for label, surface in surfaces.items():
-        paths += landscape_plots.save_surface(out(f"surface_{label}"), surface)
+        paths += plots.save_surface(out(f"surface_{label}"), surface)
         title = f"{label}: filter-normalised 2-D slice"
-        paths.append(landscape_plots.plot_contour(
+        paths.append(plots.plot_contour(
             out(f"contour_{label}.png"), surface, title,
             value_range=value_range,
         ))
-        paths.append(landscape_plots.plot_surface(
+        paths.append(plots.plot_surface(
             out(f"surface_{label}.png"), surface, title,
             value_range=value_range,
         ))

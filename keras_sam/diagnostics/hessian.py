@@ -7,7 +7,7 @@ computed by double backpropagation, batch by batch:
     Hv = d/dw (grad L_B(w) . v),   Hv = sum_B n_B H_B v / sum_B n_B,
 
 with the model evaluated by `stateless_call(..., training=False)` (see
-`functional_loss`), so the model's variables are never modified and
+`stateless_loss`), so the model's variables are never modified and
 BatchNormalization is in inference mode. Lanczos iterations with full
 reorthogonalisation turn k such products into a k x k tridiagonal matrix
 whose extreme eigenvalues approximate those of H (Ghorbani et al. 2019, as
@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_sam import functional_loss
+from keras_sam.diagnostics import stateless_loss
 
 # Lanczos restarts when the new residual is this small relative to the
 # largest entry of the tridiagonal matrix (an invariant subspace was found),
@@ -39,7 +39,7 @@ class HessianOperator:
             construction, and never modified.
         data: Tuple `(x, y)` or `(x, y, sample_weight)` of arrays, or a
             batched `tf.data.Dataset` of such tuples.
-        loss_fn: Optional loss (see `functional_loss.FunctionalLoss`);
+        loss_fn: Optional loss (see `stateless_loss.StatelessLoss`);
             defaults to the model's compiled loss.
         batch_size: Integer, the batch size for arrays. Defaults to 128.
 
@@ -55,22 +55,20 @@ class HessianOperator:
     """
 
     def __init__(self, model, data, loss_fn=None, batch_size: int = 128):
-        self._loss = functional_loss.FunctionalLoss(model, loss_fn)
-        self._dataset = functional_loss.as_dataset(data, batch_size)
-        self._trainable, self._non_trainable = self._loss.values()
-        self.dim = int(sum(int(np.prod(w.shape)) for w in self._trainable))
+        self._full = stateless_loss.DatasetLoss(
+            model, data, loss_fn, batch_size
+        )
+        self._trainable = self._full.trainable
+        self._non_trainable = self._full.non_trainable
+        self.dim = self._full.dim
         self._batch_hvp = tf.function(self._hvp, reduce_retracing=True)
 
     def _hvp(self, trainable, non_trainable, vector, x, y, sample_weight):
         with tf.GradientTape(watch_accessed_variables=False) as outer:
             outer.watch(trainable)
-            with tf.GradientTape(watch_accessed_variables=False) as inner:
-                inner.watch(trainable)
-                loss = self._loss(trainable, non_trainable, x, y, sample_weight)
-            grads = inner.gradient(
-                loss,
-                trainable,
-                unconnected_gradients=tf.UnconnectedGradients.ZERO,
+            _, grads = stateless_loss.loss_and_gradient(
+                self._full.loss, trainable, non_trainable, x, y,
+                sample_weight,
             )
             dot = tf.add_n(
                 [tf.reduce_sum(g * v) for g, v in zip(grads, vector)]
@@ -81,15 +79,15 @@ class HessianOperator:
 
     def matvec(self, vector: np.ndarray) -> np.ndarray:
         """H v for a flat vector `v` of size `dim`, as a float64 vector."""
-        parts = functional_loss.unflatten(vector, self._trainable)
-        product = functional_loss.weighted_mean(
+        parts = stateless_loss.unflatten(vector, self._trainable)
+        product = stateless_loss.weighted_mean(
             lambda x, y, sample_weight: self._batch_hvp(
                 self._trainable, self._non_trainable, parts, x, y,
                 sample_weight,
             ),
-            self._dataset,
+            self._full.dataset,
         )
-        return functional_loss.flatten(product)
+        return stateless_loss.flatten(product)
 
 
 def hessian_vector_product(
@@ -117,11 +115,19 @@ def hessian_vector_product(
     """
     operator = HessianOperator(model, data, loss_fn, batch_size)
     if isinstance(vector, (list, tuple)):
-        vector = functional_loss.flatten(vector)
+        vector = stateless_loss.flatten(vector)
     product = operator.matvec(np.asarray(vector, dtype=np.float64))
     shapes = [tuple(w.shape) for w in operator._trainable]
     sizes = np.cumsum([int(np.prod(s)) for s in shapes])[:-1]
     return [p.reshape(s) for p, s in zip(np.split(product, sizes), shapes)]
+
+
+def _positive_int(name: str, value) -> int:
+    if int(value) != value or value < 1:
+        raise ValueError(
+            f"`{name}` must be a positive integer. Received: {name}={value!r}"
+        )
+    return int(value)
 
 
 def _random_unit(rng, dim: int, basis: np.ndarray) -> np.ndarray:
@@ -133,11 +139,8 @@ def _random_unit(rng, dim: int, basis: np.ndarray) -> np.ndarray:
 
 
 def lanczos_tridiagonal(
-    matvec: Callable[[np.ndarray], np.ndarray],
-    dim: int,
-    num_iters: int,
-    seed: int = 0,
-    verbose: int = 0,
+    matvec: Callable[[np.ndarray], np.ndarray], dim: int, num_iters: int,
+    seed: int = 0, verbose: int = 0,
 ) -> np.ndarray:
     """The Lanczos tridiagonal matrix of a symmetric operator.
 
@@ -171,12 +174,7 @@ def lanczos_tridiagonal(
         Ghorbani et al., "An Investigation into Neural Net Optimization via
         Hessian Eigenvalue Density", ICML 2019.
     """
-    if int(num_iters) != num_iters or num_iters < 1:
-        raise ValueError(
-            "`num_iters` must be a positive integer. Received: "
-            f"num_iters={num_iters!r}"
-        )
-    num_iters = min(int(num_iters), int(dim))
+    num_iters = min(_positive_int("num_iters", num_iters), int(dim))
     rng = np.random.default_rng(seed)
     basis = np.zeros((num_iters, dim))
     alphas, betas = np.zeros(num_iters), np.zeros(max(num_iters - 1, 0))
@@ -209,14 +207,8 @@ class HessianEigenvalues(NamedTuple):
 
 
 def top_hessian_eigenvalues(
-    model,
-    data,
-    k: int = 5,
-    num_iters: int = 40,
-    seed: int = 0,
-    loss_fn=None,
-    batch_size: int = 128,
-    verbose: int = 0,
+    model, data, k: int = 5, num_iters: int = 40, seed: int = 0, loss_fn=None,
+    batch_size: int = 128, verbose: int = 0,
 ) -> HessianEigenvalues:
     """The k largest eigenvalues of the full-data loss Hessian, by Lanczos.
 
@@ -271,13 +263,8 @@ class HessianTrace(NamedTuple):
 
 
 def hutchinson_trace(
-    model,
-    data,
-    num_probes: int = 100,
-    seed: int = 0,
-    loss_fn=None,
-    batch_size: int = 128,
-    verbose: int = 0,
+    model, data, num_probes: int = 100, seed: int = 0, loss_fn=None,
+    batch_size: int = 128, verbose: int = 0,
 ) -> HessianTrace:
     """Hutchinson's estimate of the trace of the full-data loss Hessian.
 
@@ -311,21 +298,15 @@ def hutchinson_trace(
         matrix for Laplacian smoothing splines", 1990; Yao et al.,
         "PyHessian: Neural Networks Through the Lens of the Hessian", 2020.
     """
-    if int(num_probes) != num_probes or num_probes < 1:
-        raise ValueError(
-            "`num_probes` must be a positive integer. Received: "
-            f"num_probes={num_probes!r}"
-        )
+    num_probes = _positive_int("num_probes", num_probes)
     operator = HessianOperator(model, data, loss_fn, batch_size)
     rng = np.random.default_rng(seed)
     progbar = keras.utils.Progbar(num_probes, verbose=verbose, unit_name="hvp")
-    samples = np.zeros(int(num_probes))
-    for i in range(int(num_probes)):
+    samples = np.zeros(num_probes)
+    for i in range(num_probes):
         z = rng.choice([-1.0, 1.0], size=operator.dim)
         samples[i] = z @ operator.matvec(z)
         progbar.update(i + 1)
-    std_error = (
-        float(samples.std(ddof=1) / np.sqrt(len(samples)))
-        if len(samples) > 1 else float("nan")
+    return HessianTrace(
+        float(samples.mean()), stateless_loss.standard_error(samples), samples
     )
-    return HessianTrace(float(samples.mean()), std_error, samples)

@@ -26,7 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_sam import functional_loss
+from keras_sam.diagnostics import stateless_loss
 
 # Added to a direction filter's norm before dividing by it (Li et al.).
 FILTER_EPSILON = 1e-10
@@ -88,30 +88,6 @@ def filter_normalized_direction(
     return direction
 
 
-class _DatasetLoss:
-    """The full-data loss of a model at arbitrary weight values."""
-
-    def __init__(self, model, data, loss_fn, batch_size):
-        self.loss = functional_loss.FunctionalLoss(model, loss_fn)
-        self.dataset = functional_loss.as_dataset(data, batch_size)
-        self.trainable, self.non_trainable = self.loss.values()
-        self._batch_loss = tf.function(self.loss, reduce_retracing=True)
-
-    def __call__(self, trainable, non_trainable=None) -> float:
-        trainable = [
-            tf.cast(t, w.dtype) for t, w in zip(trainable, self.trainable)
-        ]
-        if non_trainable is None:
-            non_trainable = self.non_trainable
-        (loss,) = functional_loss.weighted_mean(
-            lambda x, y, sw: [
-                self._batch_loss(trainable, non_trainable, x, y, sw)
-            ],
-            self.dataset,
-        )
-        return float(loss)
-
-
 def _coordinates(values, name, default):
     values = np.asarray(default if values is None else values, np.float64)
     if values.ndim != 1 or len(values) == 0:
@@ -144,13 +120,37 @@ def _check_same_architecture(a, b, kind):
         )
 
 
+def _non_trainable_mixer(model_a, model_b, loss):
+    """A function of `a`: model_a's non-trainable values at a.
+
+    The layers' floating ones (BatchNormalization statistics) are mixed as
+    `(1 - a) v_a + a v_b`; the others keep model_a's value.
+    """
+    layers_a = _layer_non_trainables(model_a)
+    layers_b = _layer_non_trainables(model_b)
+    _check_same_architecture(layers_a, layers_b, "non-trainable")
+    pairs = {id(va): vb for va, vb in zip(layers_a, layers_b)}
+
+    def mix(a):
+        values = []
+        for v, value in zip(
+            model_a.non_trainable_variables, loss.non_trainable
+        ):
+            other = pairs.get(id(v))
+            if other is not None and value.dtype.is_floating:
+                value = tf.cast(
+                    (1.0 - a) * np.asarray(v, np.float64)
+                    + a * np.asarray(other, np.float64),
+                    value.dtype,
+                )
+            values.append(value)
+        return values
+
+    return mix
+
+
 def interpolate(
-    model_a,
-    model_b,
-    data,
-    alphas=None,
-    loss_fn=None,
-    batch_size: int = 128,
+    model_a, model_b, data, alphas=None, loss_fn=None, batch_size: int = 128,
     verbose: int = 0,
 ) -> Curve:
     """The loss along the segment L((1 - a) w_a + a w_b) between two models.
@@ -189,46 +189,25 @@ def interpolate(
         Training for Deep Learning", ICLR 2017, section 3 (figure 3).
     """
     alphas = _coordinates(alphas, "alphas", np.linspace(-0.5, 1.5, 31))
-    loss = _DatasetLoss(model_a, data, loss_fn, batch_size)
+    loss = stateless_loss.DatasetLoss(model_a, data, loss_fn, batch_size)
     _check_same_architecture(
         model_a.trainable_variables, model_b.trainable_variables, "trainable"
     )
-    layers_a = _layer_non_trainables(model_a)
-    layers_b = _layer_non_trainables(model_b)
-    _check_same_architecture(layers_a, layers_b, "non-trainable")
-    pairs = {id(va): vb for va, vb in zip(layers_a, layers_b)}
+    mix_non_trainable = _non_trainable_mixer(model_a, model_b, loss)
     w_a = [np.asarray(v, np.float64) for v in model_a.trainable_variables]
     w_b = [np.asarray(v, np.float64) for v in model_b.trainable_variables]
     progbar = keras.utils.Progbar(len(alphas), verbose=verbose)
     losses = []
     for i, a in enumerate(alphas):
         trainable = [(1.0 - a) * wa + a * wb for wa, wb in zip(w_a, w_b)]
-        non_trainable = []
-        for v, value in zip(
-            model_a.non_trainable_variables, loss.non_trainable
-        ):
-            other = pairs.get(id(v))
-            if other is not None and value.dtype.is_floating:
-                value = tf.cast(
-                    (1.0 - a) * np.asarray(v, np.float64)
-                    + a * np.asarray(other, np.float64),
-                    value.dtype,
-                )
-            non_trainable.append(value)
-        losses.append(loss(trainable, non_trainable))
+        losses.append(loss(trainable, mix_non_trainable(a)))
         progbar.update(i + 1)
     return Curve(alphas, np.array(losses))
 
 
 def random_slice_1d(
-    model,
-    data,
-    alphas=None,
-    direction: Optional[list] = None,
-    seed=0,
-    ignore_1d: bool = True,
-    loss_fn=None,
-    batch_size: int = 128,
+    model, data, alphas=None, direction: Optional[list] = None, seed=0,
+    ignore_1d: bool = True, loss_fn=None, batch_size: int = 128,
     verbose: int = 0,
 ) -> Curve:
     """The loss L(w + a d) along a filter-normalised random direction d.
@@ -260,7 +239,7 @@ def random_slice_1d(
         NeurIPS 2018, sections 3-4.
     """
     alphas = _coordinates(alphas, "alphas", np.linspace(-1.0, 1.0, 41))
-    loss = _DatasetLoss(model, data, loss_fn, batch_size)
+    loss = stateless_loss.DatasetLoss(model, data, loss_fn, batch_size)
     weights = [np.asarray(w, np.float64) for w in loss.trainable]
     (d,) = _directions(weights, [direction], seed, ignore_1d)
     progbar = keras.utils.Progbar(len(alphas), verbose=verbose)
@@ -271,8 +250,13 @@ def random_slice_1d(
     return Curve(alphas, np.array(losses))
 
 
-def _directions(weights, directions, seed, ignore_1d) -> list:
-    """The given directions, checked, with each None drawn at random."""
+def _directions(weights, directions, seed, ignore_1d, count=1) -> list:
+    """`count` given directions, checked, with each None drawn at random."""
+    if len(directions) != count:
+        raise ValueError(
+            "`directions` must be a pair [d1, d2] (or None). Received "
+            f"{len(directions)} directions."
+        )
     rng = np.random.default_rng(seed)
     result = []
     for k, d in enumerate(directions):
@@ -285,33 +269,20 @@ def _directions(weights, directions, seed, ignore_1d) -> list:
 
 
 def random_slice_2d(
-    model,
-    data,
-    alphas=None,
-    betas=None,
-    directions: Optional[list] = None,
-    seed=0,
-    ignore_1d: bool = True,
-    loss_fn=None,
-    batch_size: int = 128,
+    model, data, alphas=None, betas=None, directions: Optional[list] = None,
+    seed=0, ignore_1d: bool = True, loss_fn=None, batch_size: int = 128,
     verbose: int = 0,
 ) -> Surface:
     """The loss L(w + a d1 + b d2) on a grid of two random directions.
 
-    Args:
-        model: A built Keras model (not modified).
-        data: Tuple of arrays or a batched `tf.data.Dataset`.
+    Args: `model`, `data`, `seed`, `ignore_1d`, `loss_fn`, `batch_size` and
+    `verbose` as in `random_slice_1d`, and:
         alphas: 1-D sequence of coordinates along d1. Defaults to 21
             points in [-1, 1].
         betas: 1-D sequence of coordinates along d2. Defaults to `alphas`.
         directions: Optional pair `[d1, d2]` of lists of arrays shaped like
             the trainable weights; defaults to two directions drawn with
             `filter_normalized_direction` from one generator seeded `seed`.
-        seed: Integer seed or `np.random.Generator`. Defaults to 0.
-        ignore_1d: Boolean, see `filter_normalized_direction`.
-        loss_fn: Optional loss; defaults to the compiled loss.
-        batch_size: Integer, the batch size for arrays. Defaults to 128.
-        verbose: 0 (silent) or 1 (progress bar). Defaults to 0.
 
     Returns:
         A `Surface(alphas, betas, losses)` with `losses` of shape
@@ -328,16 +299,10 @@ def random_slice_2d(
     """
     alphas = _coordinates(alphas, "alphas", np.linspace(-1.0, 1.0, 21))
     betas = _coordinates(betas, "betas", alphas)
-    loss = _DatasetLoss(model, data, loss_fn, batch_size)
+    loss = stateless_loss.DatasetLoss(model, data, loss_fn, batch_size)
     weights = [np.asarray(w, np.float64) for w in loss.trainable]
-    if directions is None:
-        directions = [None, None]
-    if len(directions) != 2:
-        raise ValueError(
-            "`directions` must be a pair [d1, d2] (or None). Received "
-            f"{len(directions)} directions."
-        )
-    d1, d2 = _directions(weights, directions, seed, ignore_1d)
+    directions = [None, None] if directions is None else directions
+    d1, d2 = _directions(weights, directions, seed, ignore_1d, count=2)
     progbar = keras.utils.Progbar(len(alphas) * len(betas), verbose=verbose)
     losses = np.zeros((len(alphas), len(betas)))
     for i, a in enumerate(alphas):

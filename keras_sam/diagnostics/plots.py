@@ -13,10 +13,10 @@ from typing import Dict
 import numpy as np
 
 from keras_sam import _optional
-from keras_sam.landscape import Surface
+from keras_sam.diagnostics.landscape import Surface
 
 _optional.require(
-    "matplotlib", extra="plots", feature="keras_sam.landscape_plots"
+    "matplotlib", extra="plots", feature="keras_sam.diagnostics.plots"
 )
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
@@ -148,6 +148,15 @@ def _display_values(losses, log_scale, value_range, levels) -> tuple:
     return np.clip(losses, low, high), np.linspace(low, high, levels), label
 
 
+def _grid(surface: Surface, log_scale, value_range, levels) -> tuple:
+    """The mesh `(a, b)` and `_display_values` of a surface."""
+    a, b = np.meshgrid(surface.alphas, surface.betas, indexing="ij")
+    values, levels, label = _display_values(
+        np.asarray(surface.losses), log_scale, value_range, levels
+    )
+    return a, b, values, levels, label
+
+
 def plot_contour(
     path: str,
     surface: Surface,
@@ -182,12 +191,11 @@ def plot_contour(
         Li et al., "Visualizing the Loss Landscape of Neural Nets",
         NeurIPS 2018, section 3 (contour plots).
     """
-    values, levels, label = _display_values(
-        np.asarray(surface.losses), log_scale, value_range, levels
+    a, b, values, levels, label = _grid(
+        surface, log_scale, value_range, levels
     )
     figure = Figure(figsize=(5, 4.2))
     axes = figure.add_subplot()
-    a, b = np.meshgrid(surface.alphas, surface.betas, indexing="ij")
     filled = axes.contourf(a, b, values, levels=levels, cmap="viridis")
     axes.contour(a, b, values, levels=levels, colors="k", linewidths=0.3)
     axes.plot([0], [0], marker="*", color="red", markersize=10)
@@ -209,32 +217,19 @@ def plot_surface(
 ) -> str:
     """3-D surface plot of a 2-D landscape, written as a PNG.
 
-    Args:
-        path: String, the PNG file to write.
-        surface: A `landscape.Surface`.
-        title: String, the title. Defaults to none.
-        log_scale: Boolean or None, as in `plot_contour`.
-        value_range: Optional pair (low, high), as in `plot_contour`.
-
-    Returns:
-        `path`.
+    Args and return value: as `plot_contour` (without `levels`).
 
     >>> import tempfile
-    >>> grid = Surface([-1, 0, 1], [-1, 0, 1], np.arange(9.0).reshape(3, 3))
-    >>> path = os.path.join(tempfile.mkdtemp(), "surface.png")
-    >>> os.path.exists(plot_surface(path, grid))
+    >>> directory = tempfile.mkdtemp()
+    >>> os.path.exists(plot_surface(os.path.join(directory, "surface.png"),
+    ...                             Surface([0, 1], [0, 1], np.eye(2))))
     True
 
-    References:
-        Li et al., "Visualizing the Loss Landscape of Neural Nets",
-        NeurIPS 2018, figure 1 (3-D surface plots).
+    References: Li et al. 2018, figure 1 (3-D surface plots).
     """
-    values, levels, label = _display_values(
-        np.asarray(surface.losses), log_scale, value_range, 2
-    )
+    a, b, values, levels, label = _grid(surface, log_scale, value_range, 2)
     figure = Figure(figsize=(5.5, 4.5))
     axes = figure.add_subplot(projection="3d")
-    a, b = np.meshgrid(surface.alphas, surface.betas, indexing="ij")
     axes.plot_surface(
         a, b, values, cmap="viridis", vmin=levels[0], vmax=levels[-1],
         linewidth=0, antialiased=True,

@@ -27,8 +27,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_sam import functional_loss
 from keras_sam import perturbation
+from keras_sam import sharding
+from keras_sam.diagnostics import stateless_loss
+from keras_sam.model import check_rho
 
 
 class SharpnessEstimate(NamedTuple):
@@ -39,32 +41,13 @@ class SharpnessEstimate(NamedTuple):
     per_group: np.ndarray
 
 
-def project(eps: list, rho, p: float) -> list:
-    """Projects a perturbation onto the ball ||eps||_p <= rho (p = 2 or inf).
-
-    >>> (eps,) = project([tf.constant([3.0, 4.0])], rho=1.0, p=2)
-    >>> [round(float(e), 4) for e in eps]
-    [0.6, 0.8]
-    """
-    if math.isinf(p):
-        return [tf.clip_by_value(e, -rho, rho) for e in eps]
-    norm = perturbation.global_norm(eps, 2.0)
-    scale = tf.minimum(1.0, rho / (norm + perturbation.NORM_EPSILON))
-    return [e * scale for e in eps]
-
-
 def _check_arguments(m, rho, steps, p, step_size):
-    if m is not None and (int(m) != m or m < 1):
+    sharding.check_m(m)
+    if check_rho(rho) == 0:
         raise ValueError(
-            "`m` must be a positive integer (examples per group) or None "
-            f"(the whole data set). Received: m={m!r}"
+            "`rho` must be > 0 to measure sharpness (rho=0 gives 0). "
+            f"Received: rho={rho!r}"
         )
-    try:
-        valid = math.isfinite(float(rho)) and float(rho) > 0
-    except (TypeError, ValueError):
-        valid = False
-    if not valid:
-        raise ValueError(f"`rho` must be a number > 0. Received: rho={rho!r}")
     if int(steps) != steps or steps < 1:
         raise ValueError(
             "`steps` must be a positive integer (1 is SAM's single ascent "
@@ -94,13 +77,9 @@ class _Ascent:
         self.p, self.step_size = p, step_size
 
     def value_and_grad(self, trainable, non_trainable, x, y, sample_weight):
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(trainable)
-            loss = self.loss(trainable, non_trainable, x, y, sample_weight)
-        grads = tape.gradient(
-            loss, trainable, unconnected_gradients=tf.UnconnectedGradients.ZERO
+        return stateless_loss.loss_and_gradient(
+            self.loss, trainable, non_trainable, x, y, sample_weight
         )
-        return loss, grads
 
     @staticmethod
     def shift(trainable, eps):
@@ -108,9 +87,13 @@ class _Ascent:
 
     def step(self, eps, grads):
         ascent = perturbation.dual_vector(grads, self.step_size, self.p)
+        if not (self.p == 2.0 or math.isinf(self.p)):
+            # One step only (checked): ||ascent||_p = step_size, so the
+            # projection onto the rho-ball is a rescaling.
+            return [a * min(1.0, self.rho / self.step_size) for a in ascent]
         if eps is None:  # eps_0 = 0
             eps = [tf.zeros_like(a) for a in ascent]
-        return project(
+        return perturbation.project(
             [e + a for e, a in zip(eps, ascent)], self.rho, self.p
         )
 
@@ -149,7 +132,7 @@ def _grouped(ascent, values, dataset, m, groups_per_call, progbar):
     )
     results, seen = [], 0
     for batch in groups:
-        x, y, sample_weight = functional_loss.unpack(batch)
+        x, y, sample_weight = stateless_loss.unpack(batch)
         results.append(chunk(*values, x, y, sample_weight).numpy())
         seen += len(results[-1])
         progbar.update(seen)
@@ -177,7 +160,7 @@ def _whole_dataset(ascent, values, dataset):
         return fn
 
     def full(weights):
-        loss, *grads = functional_loss.weighted_mean(batch_fn(weights), dataset)
+        loss, *grads = stateless_loss.weighted_mean(batch_fn(weights), dataset)
         return loss, [tf.constant(g, tf.float32) for g in grads]
 
     loss, grads = full(trainable)
@@ -185,7 +168,7 @@ def _whole_dataset(ascent, values, dataset):
     for _ in range(ascent.steps - 1):
         _, grads = full(ascent.shift(trainable, eps))
         eps = ascent.step(eps, grads)
-    (perturbed,) = functional_loss.weighted_mean(
+    (perturbed,) = stateless_loss.weighted_mean(
         lambda x, y, sw: [
             loss_at(ascent.shift(trainable, eps), non_trainable, x, y, sw)
         ],
@@ -195,16 +178,9 @@ def _whole_dataset(ascent, values, dataset):
 
 
 def m_sharpness(
-    model,
-    data,
-    m: Optional[int],
-    rho: float = 0.05,
-    steps: int = 1,
-    p: float = 2.0,
-    step_size: Optional[float] = None,
-    loss_fn=None,
-    batch_size: int = 128,
-    verbose: int = 0,
+    model, data, m: Optional[int], rho: float = 0.05, steps: int = 1,
+    p: float = 2.0, step_size: Optional[float] = None, loss_fn=None,
+    batch_size: int = 128, verbose: int = 0,
 ) -> SharpnessEstimate:
     """Mean over groups of m examples of max_{||eps|| <= rho} L(w+eps) - L(w).
 
@@ -246,25 +222,23 @@ def m_sharpness(
         appendix C.6 (several projected ascent steps).
     """
     p, step_size = _check_arguments(m, rho, steps, p, step_size)
-    loss = functional_loss.FunctionalLoss(model, loss_fn)
-    dataset = functional_loss.as_dataset(data, batch_size)
-    ascent = _Ascent(loss, float(rho), int(steps), p, step_size)
-    values = loss.values()
+    full = stateless_loss.DatasetLoss(model, data, loss_fn, batch_size)
+    ascent = _Ascent(full.loss, float(rho), int(steps), p, step_size)
+    values = full.trainable, full.non_trainable
     if m is None:
-        per_group = _whole_dataset(ascent, values, dataset)
+        per_group = _whole_dataset(ascent, values, full.dataset)
     else:
-        total = None
-        if not isinstance(data, tf.data.Dataset):
-            total = len(tf.nest.flatten(tuple(data))[0]) // int(m)
-        progbar = keras.utils.Progbar(
-            total, verbose=verbose, unit_name="group"
-        )
         per_group = _grouped(
-            ascent, values, dataset, int(m),
-            max(1, int(batch_size) // int(m)), progbar,
+            ascent, values, full.dataset, int(m),
+            max(1, int(batch_size) // int(m)),
+            _group_progbar(data, int(m), verbose),
         )
-    std_error = (
-        float(per_group.std(ddof=1) / np.sqrt(len(per_group)))
-        if len(per_group) > 1 else float("nan")
-    )
-    return SharpnessEstimate(float(per_group.mean()), std_error, per_group)
+    error = stateless_loss.standard_error(per_group)
+    return SharpnessEstimate(float(per_group.mean()), error, per_group)
+
+
+def _group_progbar(data, m: int, verbose: int):
+    total = None
+    if not isinstance(data, tf.data.Dataset):
+        total = len(tf.nest.flatten(tuple(data))[0]) // m
+    return keras.utils.Progbar(total, verbose=verbose, unit_name="group")

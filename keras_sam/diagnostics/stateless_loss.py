@@ -1,8 +1,9 @@
 """A model's loss at any weight values, over a whole data set, statelessly.
 
-The sharpness diagnostics evaluate L(w') at weights w' that are not the
-model's own (w + eps, w + a d1 + b d2, (1 - a) w1 + a w2) and differentiate
-it once or twice. `FunctionalLoss` does this with
+The one setup every diagnostic shares (Hessian, sharpness, landscapes and
+the tools that plot them). They evaluate L(w') at weights w' that are not
+the model's own (w + eps, w + a d1 + b d2, (1 - a) w1 + a w2) and
+differentiate it once or twice. `StatelessLoss` does this with
 
     y_pred = model.stateless_call(trainable, non_trainable, x, training=False)
 
@@ -133,7 +134,7 @@ def _resolve_loss_fn(model, loss_fn):
     return mean_loss
 
 
-class FunctionalLoss:
+class StatelessLoss:
     """The loss of `model` as a pure function of its weight values.
 
     Args:
@@ -147,7 +148,7 @@ class FunctionalLoss:
     Example:
 
     >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    >>> f = FunctionalLoss(model, loss_fn="mse")
+    >>> f = StatelessLoss(model, loss_fn="mse")
     >>> trainable, non_trainable = f.values()
     >>> loss = f(trainable, non_trainable, tf.ones((4, 2)), tf.ones((4, 1)))
     >>> tuple(loss.shape)
@@ -204,6 +205,26 @@ class FunctionalLoss:
         return loss
 
 
+def loss_and_gradient(loss, trainable, non_trainable, x, y, sample_weight):
+    """`(L, dL/dw)` of one batch at the values `trainable` (zeros if unused).
+
+    >>> model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    >>> f = StatelessLoss(model, loss_fn="mse")
+    >>> w = [tf.ones((1, 1)), tf.zeros(1)]
+    >>> x, y = tf.ones((2, 1)), tf.zeros((2, 1))
+    >>> value, grads = loss_and_gradient(f, w, [], x, y, None)
+    >>> float(value), [g.numpy().ravel().tolist() for g in grads]
+    (1.0, [[2.0], [2.0]])
+    """
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(trainable)
+        value = loss(trainable, non_trainable, x, y, sample_weight)
+    grads = tape.gradient(
+        value, trainable, unconnected_gradients=tf.UnconnectedGradients.ZERO
+    )
+    return value, grads
+
+
 def unpack(batch) -> tuple:
     """`(x, y, sample_weight)` of a dataset element; `y` must be present."""
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
@@ -247,6 +268,63 @@ def weighted_mean(batch_fn, dataset) -> list:
     return [t / count for t in totals]
 
 
+def standard_error(samples: np.ndarray) -> float:
+    """The standard error of the mean of `samples`; NaN with one sample.
+
+    >>> standard_error(np.array([1.0, 3.0]))
+    1.0
+    """
+    if len(samples) < 2:
+        return float("nan")
+    return float(np.std(samples, ddof=1) / np.sqrt(len(samples)))
+
+
+class DatasetLoss:
+    """The full-data loss of a model at any weight values: the shared setup.
+
+    Holds the `StatelessLoss`, the batched data set and the model's values
+    at construction (`trainable`, `non_trainable`); calling it returns the
+    batch-size-weighted mean loss at other values, as `model.evaluate`.
+
+    Args:
+        model: A built Keras model (not modified).
+        data: Tuple `(x, y)` or `(x, y, sample_weight)` of arrays, or a
+            batched `tf.data.Dataset` (see `as_dataset`).
+        loss_fn: Optional loss (see `StatelessLoss`); defaults to the
+            model's compiled loss.
+        batch_size: Integer, the batch size for arrays. Defaults to 128.
+
+    >>> model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    >>> model.set_weights([np.ones((1, 1)), np.zeros(1)])
+    >>> data = (np.ones((3, 1), "float32"), np.zeros((3, 1), "float32"))
+    >>> loss = DatasetLoss(model, data, loss_fn="mse")
+    >>> loss(loss.trainable), loss([np.full((1, 1), 2.0), np.zeros(1)])
+    (1.0, 4.0)
+    """
+
+    def __init__(self, model, data, loss_fn=None, batch_size: int = 128):
+        self.loss = StatelessLoss(model, loss_fn)
+        self.dataset = as_dataset(data, batch_size)
+        self.trainable, self.non_trainable = self.loss.values()
+        self.dim = int(sum(int(np.prod(w.shape)) for w in self.trainable))
+        self._batch_loss = tf.function(self.loss, reduce_retracing=True)
+
+    def __call__(self, trainable, non_trainable=None) -> float:
+        """The full-data loss at `trainable` (and `non_trainable`) values."""
+        trainable = [
+            tf.cast(t, w.dtype) for t, w in zip(trainable, self.trainable)
+        ]
+        if non_trainable is None:
+            non_trainable = self.non_trainable
+        (loss,) = weighted_mean(
+            lambda x, y, sw: [
+                self._batch_loss(trainable, non_trainable, x, y, sw)
+            ],
+            self.dataset,
+        )
+        return float(loss)
+
+
 def evaluate_loss(model, data, loss_fn=None, batch_size: int = 128) -> float:
     """The full-data loss of `model` at its weights, as `model.evaluate`.
 
@@ -256,11 +334,5 @@ def evaluate_loss(model, data, loss_fn=None, batch_size: int = 128) -> float:
     >>> evaluate_loss(model, data, loss_fn="mse")
     1.0
     """
-    loss = FunctionalLoss(model, loss_fn)
-    trainable, non_trainable = loss.values()
-    batch_loss = tf.function(loss, reduce_retracing=True)
-    (value,) = weighted_mean(
-        lambda x, y, sw: [batch_loss(trainable, non_trainable, x, y, sw)],
-        as_dataset(data, batch_size),
-    )
-    return float(value)
+    loss = DatasetLoss(model, data, loss_fn, batch_size)
+    return loss(loss.trainable)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_sam import hessian
+from keras_sam.diagnostics import hessian
 
 
 def _linear_model(inputs, outputs, use_bias):

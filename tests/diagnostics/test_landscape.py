@@ -1,4 +1,4 @@
-"""Tests of keras_sam.landscape and keras_sam.landscape_plots."""
+"""Tests of keras_sam.diagnostics.landscape and keras_sam.diagnostics.plots."""
 
 import csv
 import os
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import keras_sam  # noqa: F401  (registers SAMModel)
-from keras_sam import landscape
-from keras_sam import landscape_plots
+from keras_sam.diagnostics import landscape
+from keras_sam.diagnostics import plots
 from keras_sam.model import SAMModel
 
 
@@ -167,24 +167,24 @@ def test_plots_and_files_are_written(tmp_path):
         alphas, alphas[:4], np.add.outer(alphas**2, alphas[:4] ** 2) + 0.1
     )
     paths = [
-        landscape_plots.plot_curves(
+        plots.plot_curves(
             str(tmp_path / "line.png"), alphas, {"a": alphas**2}
         ),
-        landscape_plots.plot_contour(str(tmp_path / "contour.png"), grid),
-        landscape_plots.plot_surface(str(tmp_path / "surface.png"), grid),
-        landscape_plots.plot_contour(
+        plots.plot_contour(str(tmp_path / "contour.png"), grid),
+        plots.plot_surface(str(tmp_path / "surface.png"), grid),
+        plots.plot_contour(
             str(tmp_path / "shared.png"), grid, value_range=(0.1, 5.0)
         ),
     ]
     for path in paths:
         with open(path, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    npz, csv_path = landscape_plots.save_surface(str(tmp_path / "g"), grid)
+    npz, csv_path = plots.save_surface(str(tmp_path / "g"), grid)
     with np.load(npz) as arrays:
         np.testing.assert_array_equal(arrays["losses"], grid.losses)
     with open(csv_path) as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["alpha", "beta", "loss"] and len(rows) == 1 + 5 * 4
     assert float(rows[-1][2]) == grid.losses[-1, -1]
-    landscape_plots.save_curves(str(tmp_path / "c"), alphas, {"a": alphas})
+    plots.save_curves(str(tmp_path / "c"), alphas, {"a": alphas})
     assert os.path.exists(tmp_path / "c.csv")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_sam import sharpness
+from keras_sam.diagnostics import sharpness
 
 
 @pytest.fixture
