@@ -43,8 +43,8 @@ import keras_sam
 from keras_sam import datasets
 from keras_sam import noise
 from keras_sam import schedules
-from keras_sam.bootstrap import reinitialize
-from keras_sam.bootstrap import relabel
+from keras_sam.noise import reinitialize
+from keras_sam.noise import relabel
 from keras_sam.callbacks import NoiseMonitor
 from keras_sam.callbacks import RhoScheduler
 

@@ -1,24 +1,16 @@
-"""Data for the experiments: the embedded digits set and a clean split.
+"""The example data set of the docs and tests: scikit-learn's digits.
 
 `load_digits` gives scikit-learn's 1,797 real 8x8 handwritten digits (they
 ship inside scikit-learn, so nothing is downloaded), split into a stratified
-train and test set. `clean_validation_split` holds out part of a training set
-before any label noise is applied, so that a rho search validates on clean
-labels (Foret et al. appendix C.1).
+train and test set (the `data` extra). `Split` and `clean_validation_split`
+live in `keras_sam.noise.data`; they are re-exported here for old imports.
 """
 
 from typing import NamedTuple
 
-import numpy as np
-
 from keras_sam import _optional
-
-
-class Split(NamedTuple):
-    """Arrays of one data set split: inputs `x` and integer labels `y`."""
-
-    x: np.ndarray
-    y: np.ndarray
+from keras_sam.noise.data import Split
+from keras_sam.noise.data import clean_validation_split  # noqa: F401
 
 
 class Digits(NamedTuple):
@@ -68,46 +60,3 @@ def load_digits(
         x, y, test_size=test_fraction, random_state=seed, stratify=y
     )
     return Digits(Split(x_train, y_train), Split(x_test, y_test), 10)
-
-
-def clean_validation_split(
-    x: np.ndarray, y: np.ndarray, fraction: float = 0.1, seed: int = 0
-) -> tuple:
-    """Holds out a random `fraction` of a training set as validation data.
-
-    Call it on the clean labels, before adding label noise to the returned
-    training part: the validation labels then stay clean.
-
-    Args:
-        x: Array of inputs, examples along the first axis.
-        y: Array of labels aligned with `x`.
-        fraction: Float in (0, 1), the share held out. Defaults to 0.1
-            (Foret et al. section 3.1).
-        seed: Integer seed of the permutation. Defaults to 0.
-
-    Returns:
-        `(train, validation)`, two `Split` tuples.
-
-    >>> x, y = np.arange(20).reshape(10, 2), np.arange(10)
-    >>> train, val = clean_validation_split(x, y, fraction=0.2)
-    >>> len(train.y), len(val.y)
-    (8, 2)
-    """
-    if len(x) != len(y):
-        raise ValueError(
-            f"`x` and `y` must have the same length. Received: {len(x)} "
-            f"inputs and {len(y)} labels."
-        )
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(
-            f"`fraction` must be in (0, 1). Received: fraction={fraction}"
-        )
-    n_val = int(round(fraction * len(y)))
-    if n_val == 0 or n_val == len(y):
-        raise ValueError(
-            f"fraction={fraction} of {len(y)} examples leaves an empty "
-            "training or validation split: use more data or another fraction."
-        )
-    order = np.random.default_rng(seed).permutation(len(y))
-    val, train = order[:n_val], order[n_val:]
-    return Split(x[train], y[train]), Split(x[val], y[val])

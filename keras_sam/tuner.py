@@ -26,7 +26,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from keras_sam import datasets
+from keras_sam.noise import data as noise_data
 from keras_sam import hypermodel as hypermodel_module
 from keras_sam.hypermodel import BAYESIAN_RHO_RANGE
 from keras_sam.hypermodel import PAPER_GRID
@@ -60,8 +60,8 @@ class SearchData(NamedTuple):
     `NoisyLabels`, with the clean labels and the corruption mask), or None.
     """
 
-    train: datasets.Split
-    validation: datasets.Split
+    train: noise_data.Split
+    validation: noise_data.Split
     noise: Any
 
 
@@ -112,7 +112,7 @@ def prepare_search_data(
                 f"Received labels of shape {labels.shape} for "
                 f"{train.y.shape}."
             )
-        train = datasets.Split(train.x, labels)
+        train = noise_data.Split(train.x, labels)
     return SearchData(train, validation, noise)
 
 
@@ -128,7 +128,7 @@ def _held_out(x, y, validation_data, validation_fraction, seed) -> tuple:
                 "labels, or validation_data=None to hold out "
                 "`validation_fraction` of the training set."
             )
-        return datasets.Split(x, y), datasets.Split(x_val, y_val)
+        return noise_data.Split(x, y), noise_data.Split(x_val, y_val)
     n_val = (
         int(round(validation_fraction * len(y)))
         if 0 < validation_fraction < 1
@@ -142,7 +142,7 @@ def _held_out(x, y, validation_data, validation_fraction, seed) -> tuple:
             f"{n_val} validation examples. Use a fraction in (0, 1) such "
             "as 0.1, more data, or pass `validation_data`."
         )
-    return datasets.clean_validation_split(
+    return noise_data.clean_validation_split(
         x, y, fraction=validation_fraction, seed=seed
     )
 

@@ -1,13 +1,13 @@
-"""Tests for keras_sam.bootstrap: fresh weights, trained on predictions."""
+"""Tests of keras_sam.noise.bootstrapping: retraining on predictions."""
 
 import keras
 import numpy as np
 import pytest
 
 import keras_sam
-from keras_sam.bootstrap import bootstrap
-from keras_sam.bootstrap import reinitialize
-from keras_sam.bootstrap import relabel
+from keras_sam.noise.bootstrapping import bootstrap
+from keras_sam.noise.bootstrapping import reinitialize
+from keras_sam.noise.bootstrapping import relabel
 
 FIT = {"batch_size": 8, "epochs": 3, "shuffle": False, "verbose": 0}
 
