@@ -1,7 +1,9 @@
 """Every private Keras API keras_sam uses, in one place, with the reason.
 
-Each item names why no public route exists and the Keras versions it was
-checked on (3.9-3.15). When Keras grows a public route, change it here only.
+Each item names why no public route exists. All are checked on the declared
+range, Keras 3.14-3.15 (CI runs the oldest and the pinned one); the oldest
+Keras each item exists in is noted. When Keras grows a public route, change
+it here only.
 """
 
 from keras.src.losses import loss as _loss_module
@@ -60,7 +62,8 @@ def existing_global_seed_generator():
 
     Its state advances at every unseeded draw, so SAM's step must commit it
     like the model's own state. Keras keeps it in a global attribute with no
-    public accessor; this reads it without creating it.
+    public accessor; this reads it without creating it. The attribute's
+    name constant exists since Keras 3.13.
     """
     from keras.src.backend.common import global_state
 
