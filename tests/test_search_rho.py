@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 from absl import flags
 
-from keras_sam import tuner
+from keras_sam import tuning
 
 _PATH = pathlib.Path(__file__).parents[1] / "tools" / "search_rho.py"
 _SPEC = importlib.util.spec_from_file_location("search_rho", _PATH)
@@ -50,9 +50,9 @@ def test_cli_on_mock_tfds(search, tmp_path, capsys):
     assert len(rows) == 1 and rows[0]["status"] == "COMPLETED"
     rho = float(rows[0]["rho"])
     if search == "grid":
-        assert rho == tuner.PAPER_GRID[0]
+        assert rho == tuning.PAPER_GRID[0]
     else:
-        assert tuner.BAYESIAN_RHO_RANGE[0] <= rho <= tuner.BAYESIAN_RHO_RANGE[1]
+        assert tuning.BAYESIAN_RHO_RANGE[0] <= rho <= tuning.BAYESIAN_RHO_RANGE[1]
     assert 0.0 <= float(rows[0]["test_accuracy"]) <= 1.0
     png = run_dir / "val_accuracy_vs_rho.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

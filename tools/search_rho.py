@@ -36,7 +36,7 @@ import numpy as np
 
 from keras_sam import datasets
 from keras_sam import noise
-from keras_sam import tuner
+from keras_sam import tuning
 
 def define_flags(flag_values=flags.FLAGS):
     """Defines this tool's flags (only when run, so imports never clash)."""
@@ -54,11 +54,11 @@ def define_flags(flag_values=flags.FLAGS):
                        "Share of the training set held out, clean.", **kw)
     flags.DEFINE_integer("trials", None, "Number of trials (default: the "
                          "whole grid; 10 for Bayesian search).", **kw)
-    flags.DEFINE_list("rho_values", [str(r) for r in tuner.PAPER_GRID],
+    flags.DEFINE_list("rho_values", [str(r) for r in tuning.PAPER_GRID],
                       "Grid of rho.", **kw)
-    flags.DEFINE_float("rho_min", tuner.BAYESIAN_RHO_RANGE[0],
+    flags.DEFINE_float("rho_min", tuning.BAYESIAN_RHO_RANGE[0],
                        "Lower bound of Bayesian rho.", **kw)
-    flags.DEFINE_float("rho_max", tuner.BAYESIAN_RHO_RANGE[1],
+    flags.DEFINE_float("rho_max", tuning.BAYESIAN_RHO_RANGE[1],
                        "Upper bound of Bayesian rho.", **kw)
     flags.DEFINE_integer("epochs", 40, "Epochs per trial.", **kw)
     flags.DEFINE_integer("batch_size", 32, "Batch size.", **kw)
@@ -208,7 +208,7 @@ def format_table(rows) -> str:
     return "\n".join(lines)
 
 
-def run_search(config: dict, x, y, num_classes) -> tuner.SearchResult:
+def run_search(config: dict, x, y, num_classes) -> tuning.SearchResult:
     """The grid or Bayesian search of rho that `config` describes."""
     label_noise = None
     if config["noise_rate"] > 0:
@@ -218,7 +218,7 @@ def run_search(config: dict, x, y, num_classes) -> tuner.SearchResult:
             num_classes=num_classes,
             seed=config["seed"],
         )
-    hypermodel = tuner.SAMHyperModel(
+    hypermodel = tuning.SAMHyperModel(
         functools.partial(
             build_model, x.shape[1:], num_classes, config["model"],
             config["hidden_units"], x.dtype == np.uint8,
@@ -242,17 +242,17 @@ def run_search(config: dict, x, y, num_classes) -> tuner.SearchResult:
         verbose=config["verbose"],
     )
     if config["search"] == "grid":
-        return tuner.grid_search(
+        return tuning.grid_search(
             hypermodel, x, y, rho_values=config["rho_values"],
             max_trials=config["trials"], **common
         )
-    return tuner.bayesian_search(
+    return tuning.bayesian_search(
         hypermodel, x, y, rho_range=(config["rho_min"], config["rho_max"]),
         max_trials=config["trials"] or 10, **common
     )
 
 
-def add_test_accuracy(result: tuner.SearchResult, x_test, y_test):
+def add_test_accuracy(result: tuning.SearchResult, x_test, y_test):
     """Adds the clean test accuracy of each trial's best epoch to its row."""
     for row in result.trials:
         row["test_accuracy"] = None
@@ -267,7 +267,7 @@ def add_test_accuracy(result: tuner.SearchResult, x_test, y_test):
             )
 
 
-def search_and_report(config: dict) -> tuner.SearchResult:
+def search_and_report(config: dict) -> tuning.SearchResult:
     """Runs the search described by `config` and writes its results."""
     keras.utils.set_random_seed(config["seed"])
     x, y, x_test, y_test, num_classes = load_data(

@@ -6,7 +6,7 @@ compiles it the way the user did: the model's own optimizer (a new one per
 trial, from its config), loss, metrics and other compile arguments; only
 the hyperparameters of the search space (rho, optionally m, the base
 learning rate and a rho schedule) vary. The default space is Foret et al.'s
-grid of rho (section 3.1); `keras_sam.tuner` runs the searches.
+grid of rho (section 3.1); `keras_sam.tuning.search` runs the searches.
 
 KerasTuner is an optional dependency (`pip install "keras_sam[tuning]"`):
 this module imports it when a hypermodel is created, not when it is
@@ -18,99 +18,18 @@ import inspect
 from typing import Any, Callable, Optional, Sequence
 
 import keras
-import numpy as np
 
-from keras_sam import _optional
 from keras_sam import model as model_module
 from keras_sam import sharding
-from keras_sam import trial_setup
-
-PAPER_GRID = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
-"""Foret et al.'s grid of rho values (section 3.1)."""
-
-BAYESIAN_RHO_RANGE = (0.005, 1.0)
-"""Default bounds of the log-uniform rho of `bayesian_search`."""
-
-
-def import_keras_tuner():
-    """Imports KerasTuner, or says which keras_sam extra installs it.
-
-    Returns:
-        The `keras_tuner` module.
-
-    Raises:
-        ImportError: If keras-tuner is not installed, naming the
-            `keras_sam[tuning]` extra (keras-tuner and tensorboard).
-    """
-    return _optional.require(
-        "keras_tuner",
-        extra="tuning",
-        feature="keras_sam's rho search (SAMHyperModel, grid_search, "
-        "bayesian_search)",
-    )
-
-
-def default_objective():
-    """Best-epoch validation accuracy, the searches' default score.
-
-    Returns:
-        `keras_tuner.Objective("val_accuracy", "max")`; KerasTuner keeps
-        each trial's best epoch.
-    """
-    return import_keras_tuner().Objective("val_accuracy", "max")
-
-
-def lazy_attribute(module: str, name: str):
-    """`OBJECTIVE` of `module`, built on first use (it needs KerasTuner).
-
-    Args:
-        module: String, the name of the module asked (for the error).
-        name: String, the attribute asked.
-
-    Returns:
-        `default_objective()` for "OBJECTIVE".
-
-    Raises:
-        AttributeError: For any other name.
-    """
-    if name == "OBJECTIVE":
-        return default_objective()
-    raise AttributeError(f"module {module!r} has no attribute {name!r}")
-
+from keras_sam.tuning import space
+from keras_sam.tuning import trials
+from keras_sam.tuning.space import PAPER_GRID
+from keras_sam.tuning.space import check_rho_range
+from keras_sam.tuning.space import check_rho_values
+from keras_sam.tuning.space import import_keras_tuner
 
 def __getattr__(name):  # PEP 562: `OBJECTIVE` stays lazy.
-    return lazy_attribute(__name__, name)
-
-
-def check_rho_values(
-    rho_values, argument: str = "rho_values", example=PAPER_GRID
-) -> tuple:
-    """Validates a grid of values > 0 (rho) and returns a tuple of floats."""
-    try:
-        values = tuple(np.ravel(np.asarray(rho_values, "float64")).tolist())
-    except (TypeError, ValueError):
-        values = ()
-    if not values or any(not np.isfinite(v) or v <= 0 for v in values):
-        raise ValueError(
-            f"`{argument}` must be a non-empty sequence of numbers > 0, "
-            f"e.g. {example}. Received: {argument}={rho_values!r}"
-        )
-    return values
-
-
-def check_rho_range(rho_range, argument: str = "rho_range") -> tuple:
-    """Validates `(min, max)` bounds of a log-uniform rho, 0 < min < max."""
-    try:
-        low, high = (float(v) for v in rho_range)
-    except (TypeError, ValueError):
-        low = high = float("nan")
-    if not (0 < low < high and np.isfinite(high)):
-        raise ValueError(
-            f"`{argument}` must be (min, max) with 0 < min < max: rho is "
-            "searched on a log scale, so min must be positive, e.g. "
-            f"{BAYESIAN_RHO_RANGE}. Received: {argument}={rho_range!r}"
-        )
-    return low, high
+    return space.lazy_attribute(__name__, name)
 
 
 @functools.cache
@@ -140,7 +59,7 @@ class SAMHyperModel:
     loss weights and other compile arguments. The arguments given here
     override the model's; what neither names gets the defaults: "sgd",
     cross-entropy for integer or one-hot labels
-    (`keras_sam.trial_setup.crossentropy`), and ["accuracy"].
+    (`keras_sam.trials.crossentropy`), and ["accuracy"].
 
     Hyperparameters: "rho" (always), "m", "learning_rate" and
     "rho_schedule" (only when their argument is given). A tuner's own
@@ -281,9 +200,7 @@ class SAMHyperModel:
         self.m_values = None if m is None else self._check_m_values(m)
         self.learning_rates = None
         if learning_rate is not None:
-            self.learning_rates = check_rho_values(
-                learning_rate, "learning_rate", example=(0.01, 0.1)
-            )
+            self.learning_rates = space.check_learning_rates(learning_rate)
         self.rho_schedule = None
         if rho_schedule is not None:
             self.rho_schedule = self._check_schedules(rho_schedule)
@@ -350,7 +267,7 @@ class SAMHyperModel:
             `self.model`), whose compile and SAM setup the trial keeps.
         """
         if self.build_model is None:
-            return trial_setup.plain_clone(self.model), self.model
+            return trials.plain_clone(self.model), self.model
         try:
             takes_hp = bool(inspect.signature(self.build_model).parameters)
         except (TypeError, ValueError):
@@ -371,7 +288,7 @@ class SAMHyperModel:
         """
         options = {}
         if isinstance(source, model_module.SAMModel):
-            options = trial_setup.sam_config(source)
+            options = trials.sam_config(source)
             del options["rho"]
         if self.p is not None:
             options["p"] = self.p
@@ -379,7 +296,7 @@ class SAMHyperModel:
             options["m"] = sharding.check_m(values["m"])
         rho = model_module.check_rho(values["rho"])
         if isinstance(model, model_module.SAMModel):
-            current = trial_setup.sam_config(model)
+            current = trials.sam_config(model)
             if all(current[k] == v for k, v in options.items()):
                 model.rho.assign(rho)  # already the trial's SAM: keep it
                 return model
@@ -391,7 +308,7 @@ class SAMHyperModel:
     @staticmethod
     def _rewrappable(model, options: dict):
         """The plain graph of a built `SAMModel` whose options must change."""
-        plain = trial_setup.plain_graph(model)
+        plain = trials.plain_graph(model)
         if plain is model:
             raise ValueError(
                 f"`build_model` returned {model.name!r}, a SAMModel without "
@@ -415,11 +332,11 @@ class SAMHyperModel:
         if self.seed is not None:
             keras.utils.set_random_seed(self.seed)
         model, source = self._base_model(hp)
-        arguments = trial_setup.compile_arguments(source) or {}
+        arguments = trials.compile_arguments(source) or {}
         arguments.update(self.compile_overrides)
         model = self._sam_model(model, source, values)
         model.compile(
-            **trial_setup.fresh_compile_kwargs(
+            **trials.fresh_compile_kwargs(
                 arguments, values.get("learning_rate")
             )
         )

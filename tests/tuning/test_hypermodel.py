@@ -1,4 +1,4 @@
-"""Tests of keras_sam.hypermodel.SAMHyperModel."""
+"""Tests of keras_sam.tuning.hypermodel.SAMHyperModel."""
 
 import keras
 import keras_tuner
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import keras_sam
-from keras_sam.hypermodel import PAPER_GRID
-from keras_sam.hypermodel import SAMHyperModel
+from keras_sam.tuning import PAPER_GRID
+from keras_sam.tuning import SAMHyperModel
 
 
 def build_tiny():

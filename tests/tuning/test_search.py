@@ -1,4 +1,4 @@
-"""Tests of keras_sam.tuner: grid and Bayesian rho search with KerasTuner."""
+"""Tests of keras_sam.tuning.search: grid and Bayesian rho search."""
 
 import functools
 import subprocess
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from keras_sam import noise
-from keras_sam import tuner
+from keras_sam import tuning
 
 NUM_CLASSES = 3
 
@@ -35,7 +35,7 @@ def data():
     return x, y
 
 
-class CountingHyperModel(tuner.SAMHyperModel):
+class CountingHyperModel(tuning.SAMHyperModel):
     """Counts the trials it trains (KerasTuner also builds once at init)."""
 
     fits = 0
@@ -61,14 +61,14 @@ def check_best(result):
 
 
 def test_grid_search_two_trials(data, tmp_path):
-    result = tuner.grid_search(
+    result = tuning.grid_search(
         build_tiny, *data, directory=tmp_path, max_trials=2, epochs=2,
         batch_size=16,
     )
     assert [row["trial_id"] for row in result.trials] == ["0", "1"]
     rhos = [row["rho"] for row in result.trials]
     # The grid walks the paper's values in order.
-    assert rhos == list(tuner.PAPER_GRID[:2])
+    assert rhos == list(tuning.PAPER_GRID[:2])
     for row in result.trials:
         assert row["status"] == "COMPLETED"
         assert 0.0 <= row["score"] <= 1.0
@@ -78,7 +78,7 @@ def test_grid_search_two_trials(data, tmp_path):
 
 
 def test_bayesian_search_two_trials(data, tmp_path):
-    result = tuner.bayesian_search(
+    result = tuning.bayesian_search(
         build_tiny, *data, directory=tmp_path, rho_range=(0.02, 0.3),
         max_trials=2, epochs=2, batch_size=16,
     )
@@ -91,8 +91,8 @@ def test_bayesian_search_two_trials(data, tmp_path):
 
 
 def test_grid_search_with_extra_hyperparameters(data, tmp_path):
-    hypermodel = tuner.SAMHyperModel(build_tiny, learning_rate=[0.1, 0.01])
-    result = tuner.grid_search(
+    hypermodel = tuning.SAMHyperModel(build_tiny, learning_rate=[0.1, 0.01])
+    result = tuning.grid_search(
         hypermodel, *data, directory=tmp_path, rho_values=[0.05, 0.1],
         max_trials=2, epochs=1,
     )
@@ -104,7 +104,7 @@ def test_grid_search_with_extra_hyperparameters(data, tmp_path):
 @pytest.mark.parametrize("search", ["grid", "bayesian"])
 def test_interrupted_search_resumes(search, data, tmp_path):
     run = functools.partial(
-        tuner.grid_search if search == "grid" else tuner.bayesian_search,
+        tuning.grid_search if search == "grid" else tuning.bayesian_search,
         CountingHyperModel(build_tiny),
         *data,
         directory=tmp_path,
@@ -124,7 +124,7 @@ def test_interrupted_search_resumes(search, data, tmp_path):
     assert second.trials[0]["score"] == first.trials[0]["score"]
     assert second.trials[1]["rho"] != first_rho
     if search == "grid":
-        assert second.trials[1]["rho"] == tuner.PAPER_GRID[1]
+        assert second.trials[1]["rho"] == tuning.PAPER_GRID[1]
 
     CountingHyperModel.fits = 0
     third = run(max_trials=2)  # nothing left to do
@@ -137,7 +137,7 @@ def test_prepare_search_data_keeps_validation_clean(data):
     label_noise = functools.partial(
         noise.symmetric_noise, rate=0.5, num_classes=NUM_CLASSES, seed=3
     )
-    prepared = tuner.prepare_search_data(
+    prepared = tuning.prepare_search_data(
         x, y, validation_fraction=0.2, label_noise=label_noise
     )
     train_idx = prepared.train.x[:, 0].astype(int)
@@ -163,7 +163,7 @@ def test_search_scores_on_clean_validation(data, tmp_path, monkeypatch):
     label_noise = functools.partial(
         noise.symmetric_noise, rate=0.6, num_classes=NUM_CLASSES, seed=1
     )
-    tuner.grid_search(
+    tuning.grid_search(
         build_tiny, x, y, directory=tmp_path, max_trials=1, epochs=1,
         label_noise=label_noise,
     )
@@ -178,7 +178,7 @@ def test_search_scores_on_clean_validation(data, tmp_path, monkeypatch):
 def test_explicit_validation_data_is_passed_as_given(data, tmp_path):
     x, y = data
     x_val, y_val = x[:5] + 100.0, y[:5]
-    result = tuner.grid_search(
+    result = tuning.grid_search(
         build_tiny, x, y, directory=tmp_path, max_trials=1, epochs=1,
         validation_data=(x_val, y_val),
     )
@@ -213,7 +213,7 @@ def no_rho_space():
     ],
 )
 def test_errors(search, kwargs, match, data, tmp_path):
-    run = tuner.grid_search if search == "grid" else tuner.bayesian_search
+    run = tuning.grid_search if search == "grid" else tuning.bayesian_search
     with pytest.raises(ValueError, match=match):
         run(build_tiny, *data, directory=tmp_path, project_name="p",
             **kwargs)
@@ -231,10 +231,10 @@ def test_errors(search, kwargs, match, data, tmp_path):
 )
 def test_hypermodel_space_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        tuner.SAMHyperModel(build_tiny, **kwargs)
+        tuning.SAMHyperModel(build_tiny, **kwargs)
 
 
-class InterruptedHyperModel(tuner.SAMHyperModel):
+class InterruptedHyperModel(tuning.SAMHyperModel):
     """Raises KeyboardInterrupt in its second trial, once."""
 
     fits = 0
@@ -249,7 +249,7 @@ class InterruptedHyperModel(tuner.SAMHyperModel):
 
 def test_grid_search_resumes_a_trial_killed_mid_run(data, tmp_path):
     run = functools.partial(
-        tuner.grid_search,
+        tuning.grid_search,
         InterruptedHyperModel(build_tiny),
         *data,
         directory=tmp_path,
@@ -262,7 +262,7 @@ def test_grid_search_resumes_a_trial_killed_mid_run(data, tmp_path):
     InterruptedHyperModel.fits, InterruptedHyperModel.interrupt = 0, False
     result = run()
     assert InterruptedHyperModel.fits == 2  # the killed trial, then the next
-    assert [r["rho"] for r in result.trials] == list(tuner.PAPER_GRID[:3])
+    assert [r["rho"] for r in result.trials] == list(tuning.PAPER_GRID[:3])
     assert all(r["status"] == "COMPLETED" for r in result.trials)
 
 
@@ -283,7 +283,7 @@ def test_search_trains_with_the_users_optimizer(data, tmp_path):
         metrics=["accuracy"],
     )
     RecordOptimizers.seen = []
-    result = tuner.grid_search(
+    result = tuning.grid_search(
         model, *data, directory=tmp_path, rho_values=[0.05, 0.1], epochs=1,
         batch_size=16, callbacks=[RecordOptimizers()],
     )
@@ -313,7 +313,7 @@ def build_compiled_one_hot():
 def test_one_hot_labels(search, hypermodel, data, tmp_path):
     x, y = data
     one_hot = keras.utils.to_categorical(y, NUM_CLASSES)
-    run = tuner.grid_search if search == "grid" else tuner.bayesian_search
+    run = tuning.grid_search if search == "grid" else tuning.bayesian_search
     result = run(
         hypermodel, x, one_hot, directory=tmp_path, max_trials=2, epochs=1,
         batch_size=16,
@@ -331,11 +331,11 @@ def test_import_without_keras_tuner():
         import sys
         sys.modules["keras_tuner"] = None  # as if not installed
         import keras_sam
-        from keras_sam import tuner
+        from keras_sam import tuning
         for call in (
             lambda: keras_sam.grid_search(None, [[0.0]], [0], directory="."),
             lambda: keras_sam.SAMHyperModel(lambda: None),
-            lambda: tuner.OBJECTIVE,
+            lambda: tuning.OBJECTIVE,
         ):
             try:
                 call()
