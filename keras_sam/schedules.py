@@ -20,20 +20,17 @@ from typing import Optional, Sequence
 
 import keras
 
+from keras_sam.model import check_rho
+
 _PACKAGE = "keras_sam"
 
 
 def _check_rho(name: str, value) -> float:
+    """`keras_sam.model.check_rho`, its error naming the argument `name`."""
     try:
-        rho = float(value)
-    except (TypeError, ValueError):
-        rho = float("nan")
-    if not math.isfinite(rho) or rho < 0:
-        raise ValueError(
-            f"`{name}` must be a finite number >= 0 (Foret et al. use "
-            f"0.01-0.5). Received: {name}={value!r}"
-        )
-    return rho
+        return check_rho(value)
+    except ValueError as error:
+        raise ValueError(f"`{name}`: {error}") from None
 
 
 def _check_total(total) -> Optional[int]:
@@ -229,13 +226,8 @@ class StepIncrease(_Piecewise):
         section 4.3 (step increase).
     """
 
-    def __init__(
-        self,
-        initial_rho: float,
-        total: Optional[int] = None,
-        boundaries: Sequence[float] = (0.3, 0.6),
-        factor: float = 10.0,
-    ):
+    def __init__(self, initial_rho: float, total: Optional[int] = None,
+                 boundaries: Sequence[float] = (0.3, 0.6), factor=10.0):
         super().__init__(initial_rho, total, boundaries, factor)
 
 

@@ -1,12 +1,12 @@
 """`RhoScheduler`: sets `model.rho` from a schedule, per epoch or per step."""
 
-import math
 
 import keras
 import numpy as np
 from keras.src.utils import io_utils
 
 from keras_sam import schedules as schedules_module
+from keras_sam.model import check_rho
 
 
 def rho_variable(model, caller: str):
@@ -23,21 +23,15 @@ def rho_variable(model, caller: str):
 
 
 def check_scheduled_rho(value, t, unit: str) -> float:
-    """The schedule's output as a float, or a ValueError naming it."""
+    """The schedule's output as a float (`keras_sam.model.check_rho`)."""
     try:
-        rho = float(np.asarray(keras.ops.convert_to_numpy(value)))
-    except (TypeError, ValueError):
-        rho = float("nan")
-        shown = repr(value)
-    else:
-        shown = repr(rho)
-    if not math.isfinite(rho) or rho < 0:
+        return check_rho(np.asarray(keras.ops.convert_to_numpy(value)).item())
+    except (TypeError, ValueError) as error:
         raise ValueError(
-            f"The rho schedule returned rho={shown} at {unit} {t}; rho must "
-            "be a finite number >= 0. Fix the schedule so that it returns a "
-            "non-negative float for every epoch (or step)."
-        )
-    return rho
+            f"The rho schedule returned rho={value!r} at {unit} {t}: "
+            f"{error} Fix the schedule so that it returns a non-negative "
+            "float for every epoch (or step)."
+        ) from None
 
 
 def optimizer_step(model) -> int:
