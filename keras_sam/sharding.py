@@ -167,16 +167,7 @@ def map_groups(
         )
     num_groups = tf.nest.flatten(groups)[0].shape[0]
     if strategy == "auto":
-        strategy = "vectorize"
-        if num_groups == 1:
-            strategy = "unroll"
-        elif num_groups is not None:
-            op_types = _op_types(_trace(fn, groups))
-            if (
-                num_groups * sum(op_types.values()) <= max_unrolled_ops
-                and not LOOPED_BY_VECTORIZED_MAP.isdisjoint(op_types)
-            ):
-                strategy = "unroll"
+        strategy = _auto_strategy(fn, groups, num_groups, max_unrolled_ops)
     if strategy == "vectorize":
         return tf.vectorized_map(fn, groups)
     if strategy == "loop":
@@ -185,11 +176,28 @@ def map_groups(
             _trace(fn, groups).structured_outputs,
         )
         return tf.map_fn(
-            fn,
-            groups,
-            fn_output_signature=output_spec,
+            fn, groups, fn_output_signature=output_spec,
             parallel_iterations=parallel_iterations,
         )
+    return _unrolled(fn, groups, num_groups)
+
+
+def _auto_strategy(fn, groups, num_groups, max_unrolled_ops) -> str:
+    """Resolves "auto": "unroll" where "vectorize" would loop, if small."""
+    if num_groups == 1:
+        return "unroll"
+    if num_groups is not None:
+        op_types = _op_types(_trace(fn, groups))
+        if (
+            num_groups * sum(op_types.values()) <= max_unrolled_ops
+            and not LOOPED_BY_VECTORIZED_MAP.isdisjoint(op_types)
+        ):
+            return "unroll"
+    return "vectorize"
+
+
+def _unrolled(fn, groups, num_groups):
+    """`fn` on each group in a Python loop (a static number of groups)."""
     if num_groups is None:
         raise ValueError(
             "strategy='unroll' needs a number of groups known at trace "
