@@ -138,12 +138,6 @@ class SAMModel(MultiWorkerFix, keras.Model):
             super().__init__(*args, **kwargs)
         self._sam = _SAMState(rho, options)
 
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        train_step = cls.__dict__.get("train_step")
-        if train_step is not None:
-            cls.train_step = _warn_if_sam_unused(train_step)
-
     # ----------------------------------------------------------- SAM state
 
     @property
@@ -237,6 +231,12 @@ class SAMModel(MultiWorkerFix, keras.Model):
         # train function (after `compile`) starts it afresh.
         if force or self.train_function is None:
             self._sam.step_state = StepState(self, self.sam_options)
+        # A user's own train_step (however it was defined) is checked: it
+        # must call compute_sam_gradients, and gets SAM's logs if it does.
+        train_step = type(self).train_step
+        if train_step is not SAMModel.train_step:
+            checked = _warn_if_sam_unused(train_step)
+            object.__setattr__(self, "train_step", checked.__get__(self))
         return super().make_train_function(force=force)
 
     def train_step(self, data):

@@ -101,8 +101,9 @@ def test_two_ascent_steps_project_onto_the_ball(p):
 def random_eps(model, weights):
     """The random eps of the model's next step (keras_sam.core.step)."""
     seeds = core_tensorflow._seeds(model, model.sam_options)
+    inputs = core_step.Inputs(seeds, [v.name for v in model.weights])
     return core_step.perturb(
-        None, weights, None, None, model.sam_options, model.rho, seeds, None
+        None, weights, None, None, model.sam_options, model.rho, inputs
     )
 
 
@@ -118,7 +119,8 @@ def test_random_perturbation_has_norm_rho_and_ignores_the_gradient():
     assert_weights_close(weights_of(model), descend(g_sam))
     other = build(rho=RHO, perturbation="random", seed=4)
     other_eps = random_eps(other, trainable)
-    assert not np.allclose(flat_norm([a - b for a, b in zip(eps, other_eps)]), 0)
+    difference = [a - b for a, b in zip(eps, other_eps)]
+    assert not np.allclose(flat_norm(difference), 0)
 
 
 def test_fisher_sparse_sam_perturbs_the_largest_squared_gradients():

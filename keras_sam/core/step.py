@@ -9,7 +9,9 @@
 module (`keras_sam.core.tensorflow`) and has no side effects, so `w` is
 never assigned `w + eps` and nothing needs restoring. The functions here
 only combine passes: they are the algorithm and its variants, as options
-of one pipeline (`perturb`).
+of one pipeline (`perturb`): a direction (the gradient, a random draw or
+the optimizer's momentum), ASAM's scale, Sparse SAM's mask, the dual
+vector in the p-ball, and projected ascent steps.
 """
 
 from typing import Any, Callable, NamedTuple, Optional
@@ -23,72 +25,114 @@ class Pass(NamedTuple):
     """What one pass of the model at some weights gives."""
 
     loss: Any  # the loss as `compute_loss` returns it
-    grads: list  # gradient of the (loss-scaled) loss, zeros for None
+    grads: Optional[list]  # gradient of the (scaled) loss; None: forward only
     y_pred: Any  # the model's outputs
     updates: dict  # index -> new value of each state variable it changed
     output_grads: Any = None  # d loss / d outputs (L-SAM and J-SAM only)
     vjp: Optional[Callable] = None  # cotangents -> gradient through f
 
 
-def perturb(evaluate, weights, batch, grads, options, rho, seeds, names):
-    """eps: random, or by (projected) gradient ascent in the chosen ball.
+class Inputs(NamedTuple):
+    """What the pipeline needs besides the weights, batch and gradient."""
+
+    seeds: Callable  # seeds(kind) -> [2] int32 stateless seed
+    names: list  # the weights' variable names (ASAM adapts by name)
+    mask: Optional[Callable] = None  # grads -> a kept Sparse SAM mask or None
+    momentum: Optional[list] = None  # Momentum-SAM's v (gradient-like)
+
+
+def perturb(evaluate, weights, batch, grads, options, rho, inputs):
+    """eps, by one pipeline: direction, scale, mask, dual vector, ascent.
 
     The ascent runs in coordinates u with eps = T u, where T is ASAM's
-    |w| + eta (1 without `adaptive`) times the Sparse SAM mask.
+    |w| + eta (1 without `adaptive`) times the Sparse SAM mask. The
+    direction in u is T g for the gradient, T (-v) for Momentum-SAM's
+    momentum v (Momentum-SAM: eps = -rho v/||v||, Becker et al. 2024) and an
+    isotropic z ~ N(0, I) (masked) for a random perturbation; u is its dual
+    vector in the p-ball of radius rho (eq. 2), then `ascent_steps - 1`
+    projected gradient steps (appendix C.6).
 
     Args:
         evaluate: `evaluate(weights, batch) -> Pass`.
         weights: List of weight tensors w.
         batch: The group's batch.
-        grads: The gradient at w.
+        grads: The gradient at w (None for "random" and "momentum").
         options: A `SAMOptions`.
         rho: Scalar tensor, the radius.
-        seeds: Callable `seeds(kind) -> [2] int32` stateless seed for
-            "random" perturbations and "mask" draws.
-        names: The weights' variable names (ASAM adapts by name).
+        inputs: `Inputs`: seeds, names, a kept mask, the momentum.
+
+    References:
+        Foret et al. 2021, eq. 2 and appendices C.5-C.6; Kwon et al.
+        2021, eq. 10 (ASAM); Mi et al. 2022, section 3 (Sparse SAM);
+        Becker et al., "Momentum-SAM: Sharpness Aware Minimization
+        without Computational Overhead", 2024.
     """
+    mask = None if inputs.mask is None else inputs.mask(grads)
+    if mask is None:
+        mask = _mask(grads, weights, options, inputs.seeds)
+    scale = _adaptive(weights, options, inputs.names)
+    scale = mask if scale is None else _times(scale, mask)
     if options.perturbation == "random":
-        z = pert.random_directions([w.shape for w in weights], seeds("random"))
-        return pert.dual_vector(z, rho, 2.0)
-    scale = [tf.ones(w.shape, tf.float32) for w in weights]
-    if options.adaptive:
-        scale = pert.adaptive_scale(
-            weights, options.eta, names, options.adapt_normalization
-        )
-    if options.perturbed_fraction < 1.0:
-        mask = _mask(grads, options, seeds)
-        scale = [t * k for t, k in zip(scale, mask)]
+        d = pert.random_directions([w.shape for w in weights],
+                                   inputs.seeds("random"))
+        return _times(pert.dual_vector(_times(d, mask), rho, options.p), scale)
+    source = grads
+    if options.perturbation == "momentum":
+        source = [-tf.cast(v, tf.float32) for v in inputs.momentum]
 
     def ascent_direction(g):
-        scaled = [tf.cast(gi, tf.float32) * t for gi, t in zip(g, scale)]
+        scaled = _times([tf.cast(gi, tf.float32) for gi in g], scale)
         return pert.dual_vector(scaled, rho, options.p)
 
-    u = ascent_direction(grads)
+    u = ascent_direction(source)
     for _ in range(options.ascent_steps - 1):
-        point = add(weights, [ui * t for ui, t in zip(u, scale)])
+        point = add(weights, _times(u, scale))
         step = ascent_direction(evaluate(point, batch).grads)
         u = pert.project([a + b for a, b in zip(u, step)], rho, options.p)
-    return [ui * t for ui, t in zip(u, scale)]
+    return _times(u, scale)
 
 
-def _mask(grads, options, seeds) -> list:
-    """Sparse SAM's 0/1 mask over all weights (Mi et al. 2022)."""
+def _adaptive(weights, options, names) -> Optional[list]:
+    """ASAM's T_w = |w| + eta, or None (T = 1) without `adaptive`."""
+    if not options.adaptive:
+        return None
+    return pert.adaptive_scale(
+        weights, options.eta, names, options.adapt_normalization
+    )
+
+
+def _times(tensors, scale) -> list:
+    """Elementwise products; `scale=None` stands for ones."""
+    if scale is None:
+        return tensors
+    return [a * b for a, b in zip(tensors, scale)]
+
+
+def _mask(grads, weights, options, seeds) -> Optional[list]:
+    """Sparse SAM's 0/1 mask, None when dense (Mi et al. 2022)."""
+    if options.perturbed_fraction >= 1.0:
+        return None
+    return compute_mask(grads, weights, options, seeds)
+
+
+def compute_mask(grads, weights, options, seeds) -> list:
+    """The mask of the largest squared gradients (Fisher) or of a uniform
+    random subset (|z| of a stateless draw), `perturbed_fraction` of all."""
     if options.mask == "fisher":
         scores = [tf.square(tf.cast(g, tf.float32)) for g in grads]
     else:
-        scores = pert.random_directions([g.shape for g in grads], seeds("mask"))
+        shapes = [w.shape for w in weights]
+        scores = pert.random_directions(shapes, seeds("mask"))
     return pert.top_fraction_mask(scores, options.perturbed_fraction)
 
 
-def descent(evaluate, weights, batch, first: Pass, options, rho, seeds, names):
+def descent(evaluate, weights, batch, first: Pass, options, rho, inputs):
     """The SAM gradient of one group, from its pass at w.
 
     Returns:
         `(grads, loss_perturbed)`: the descent gradient and L(w + eps).
     """
-    eps = perturb(
-        evaluate, weights, batch, first.grads, options, rho, seeds, names
-    )
+    eps = perturb(evaluate, weights, batch, first.grads, options, rho, inputs)
     split = options.gradient_rule != "sam"
     second = evaluate(add(weights, eps), batch, output_grads=split)
     if options.gradient_rule == "sam":
@@ -100,6 +144,45 @@ def descent(evaluate, weights, batch, first: Pass, options, rho, seeds, names):
     return grads, second.loss
 
 
+def first_pass(evaluate, weights, batch, options) -> Pass:
+    """The pass at w: with its gradient unless eps does not need it (a
+    random or momentum perturbation: a forward pass for the logs only)."""
+    return evaluate(
+        weights,
+        batch,
+        output_grads=options.gradient_rule != "sam",
+        need_grads=options.perturbation == "gradient",
+    )
+
+
+def looksam_direction(grads, sam_grads) -> list:
+    """g_v: the part of the SAM gradient orthogonal to g (LookSAM).
+
+    References:
+        Liu et al., "Towards Efficient and Scalable Sharpness-Aware
+        Minimization", CVPR 2022, Algorithm 1 (g_v = g_s - ||g_s|| cos(theta)
+        g/||g||).
+    """
+    g = [tf.cast(t, tf.float32) for t in grads]
+    s = [tf.cast(t, tf.float32) for t in sam_grads]
+    dot = tf.add_n([tf.reduce_sum(a * b) for a, b in zip(g, s)])
+    coefficient = dot / (tf.square(pert.global_norm(g)) + pert.NORM_EPSILON)
+    return [b - coefficient * a for a, b in zip(g, s)]
+
+
+def looksam_gradient(grads, direction, alpha) -> list:
+    """LookSAM between SAM steps: g + alpha ||g||/||g_v|| g_v (Algorithm 1).
+
+    `alpha` may be a tensor (0 gives g exactly). A zero g_v adds nothing.
+    """
+    norm = pert.global_norm(grads)
+    coefficient = alpha * norm / (pert.global_norm(direction)
+                                  + pert.NORM_EPSILON)
+    return [
+        g + tf.cast(coefficient * v, g.dtype) for g, v in zip(grads, direction)
+    ]
+
+
 def add(weights, eps) -> list:
     """w + eps, each eps cast to its weight's dtype."""
     return [w + tf.cast(e, w.dtype) for w, e in zip(weights, eps)]
@@ -107,4 +190,6 @@ def add(weights, eps) -> list:
 
 def zeros_for_none(grads, weights) -> list:
     """Zeros for weights the loss does not depend on (gradient None)."""
-    return [tf.zeros_like(w) if g is None else g for g, w in zip(grads, weights)]
+    return [
+        tf.zeros_like(w) if g is None else g for g, w in zip(grads, weights)
+    ]

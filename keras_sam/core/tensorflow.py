@@ -18,7 +18,10 @@ import tensorflow as tf
 from keras_sam import _keras
 from keras_sam import perturbation
 from keras_sam import sharding
+from keras_sam.core import policy
 from keras_sam.core import step
+from keras_sam.core import sync
+from keras_sam.core.sync import sync_statistics  # noqa: F401 (model.py)
 
 
 class StepResult(NamedTuple):
@@ -97,18 +100,30 @@ def make_evaluate(model, state: list):
                     ]
                     + [optimizer.scale_loss(l) for l in own]
                 )
-            return step.zeros_for_none(tape.gradient(surrogate, targets), targets)
+            grads = tape.gradient(surrogate, targets)
+            return step.zeros_for_none(grads, targets)
 
         return step.Pass(loss, grads, y_pred, updates, out_grads, vjp)
 
     return evaluate
 
 
-def sam_gradients(model, options, rho, x, y=None, sample_weight=None):
+def sam_gradients(
+    model, options, rho, x, y=None, sample_weight=None, step_state=None
+):
     """SAM's descent gradient for one replica's batch; commits the state.
 
-    With `rho == 0` (or on the off-steps of `sam_every`) the step is the
-    base optimizer's single pass, bit for bit Keras' own gradient.
+    With `rho == 0`, or when the policy (`sam_every`, `sam_from`, AE-SAM's
+    trigger) skips SAM, the step is a single pass: the base optimizer's
+    gradient, bit for bit Keras' own (or LookSAM's reuse of it).
+
+    Args:
+        model: The compiled model.
+        options: Its `SAMOptions`.
+        rho: Scalar variable, the radius.
+        x, y, sample_weight: The replica's batch.
+        step_state: The `policy.StepState` (needed by AE-SAM, LookSAM,
+            Momentum-SAM and a kept mask; None otherwise).
 
     Returns:
         A `StepResult`, and the moving statistics to average across replicas
@@ -116,24 +131,22 @@ def sam_gradients(model, options, rho, x, y=None, sample_weight=None):
         `options.sync_moving_statistics`).
     """
     _check_logit_loss(model, options.gradient_rule)
+    policy.check_state(options, step_state)
     batch = (x, y, sample_weight)
     state = []
     evaluate = make_evaluate(model, state)
-    use_sam = tf.cast(rho, tf.float32) > 0
-    if options.sam_every > 1:
-        every = tf.cast(options.sam_every, model.optimizer.iterations.dtype)
-        use_sam &= tf.equal(model.optimizer.iterations % every, 0)
     seeds = _seeds(model, options)
     m = _group_size(model, options, batch)
     if m is None:
         result, updates = _whole_batch(
-            model, evaluate, batch, options, rho, seeds, use_sam
+            model, evaluate, batch, options, rho, seeds, step_state
         )
     else:
+        use_sam = policy.use_sam(options, rho, model.optimizer.iterations)
         result, updates = _grouped(
             model, evaluate, batch, options, rho, seeds, use_sam, m, state
         )
-    synced = _synced_statistics(model, options)
+    synced = sync.synced_statistics(model, options)
     deferred = [(state[i], updates.pop(i)) for i in list(updates)
                 if id(state[i]) in synced]
     for i, value in updates.items():
@@ -141,99 +154,105 @@ def sam_gradients(model, options, rho, x, y=None, sample_weight=None):
     return result, deferred
 
 
-def sync_statistics(deferred):
-    """Averages the deferred moving statistics across replicas, assigns them.
+def _whole_batch(model, evaluate, batch, options, rho, seeds, step_state):
+    """The step with one eps for the replica's whole batch.
 
-    Called after the optimizer's gradient all-reduce: collectives must run in
-    the same order on every replica.
+    Both branches run their own pass at w, so the SAM branch's g dies once
+    eps is formed (one extra copy of the weights, w + eps, over SGD). Only
+    AE-SAM, which decides from ||g||, takes that pass before the branch.
     """
-    if not deferred:
-        return
-    variables, values = zip(*deferred)
-    values = tf.distribute.get_replica_context().all_reduce(
-        tf.distribute.ReduceOp.MEAN, list(values)
-    )
-    for variable, value in zip(variables, values):
-        variable.assign(value)
-
-
-def _synced_statistics(model, options) -> set:
-    """ids of the moving statistics to average across replicas (if asked
-    and there are replicas to average over)."""
-    context = tf.distribute.get_replica_context()
-    if not options.sync_moving_statistics or context is None:
-        return set()
-    if context.num_replicas_in_sync == 1:
-        return set()
-    return {
-        id(v)
-        for layer in _keras.flatten_layers(model)
-        if isinstance(layer, keras.layers.BatchNormalization)
-        for v in (layer.moving_mean, layer.moving_variance)
-    }
-
-
-def _whole_batch(model, evaluate, batch, options, rho, seeds, use_sam):
-    """The step with one eps for the replica's whole batch."""
     weights = [v.value for v in model.trainable_variables]
-    names = [v.name for v in model.trainable_variables]
-    if options.second_order:
-        first = evaluate(weights, batch)
+    iterations = model.optimizer.iterations
+    inputs = step.Inputs(seeds, [v.name for v in model.trainable_variables])
+    if options.perturbation == "momentum":
+        inputs = inputs._replace(
+            momentum=policy.momentum_direction(step_state))
+    first, norm = None, None
+    if options.trigger == "adaptive":
+        first = step.first_pass(evaluate, weights, batch, options)
+        norm = _unscaled_norm(model, first.grads)
+    use_sam = policy.use_sam(options, rho, iterations, step_state, norm)
 
-        def sam():
-            return _second_order(model, evaluate, weights, batch, rho, options)
-
-    else:
-        first = evaluate(
-            weights, batch, output_grads=options.gradient_rule != "sam"
+    def kept_mask(grads):
+        return policy.kept_mask(
+            options, step_state, grads, weights, seeds, iterations
         )
 
-        def sam():
-            return step.descent(
-                evaluate, weights, batch, first, options, rho, seeds, names
-            )
+    def sam():
+        one = first
+        if one is None and not options.second_order:
+            one = step.first_pass(evaluate, weights, batch, options)
+        one, grads, loss2 = _sam_pass(
+            model, evaluate, weights, batch, options, rho,
+            inputs._replace(mask=kept_mask), one,
+        )
+        policy.store_looksam_direction(step_state, one.grads, grads)
+        norm = _unscaled_norm(model, grads if one.grads is None else one.grads)
+        return grads, one.y_pred, (one.loss, loss2, norm), one.updates
 
-    grads, loss_perturbed = tf.cond(
-        use_sam, sam, lambda: (first.grads, first.loss)
+    def base():
+        one = first if first is not None else evaluate(weights, batch)
+        grads = policy.off_step_gradient(options, step_state, one.grads, rho)
+        stats = (one.loss, one.loss, _unscaled_norm(model, one.grads))
+        return grads, one.y_pred, stats, one.updates
+
+    grads, y_pred, (loss, loss2, norm), updates = tf.cond(use_sam, sam, base)
+    stats = _stats_from(loss, loss2, norm, use_sam)
+    return StepResult(grads, y_pred, loss, stats), updates
+
+
+def _sam_pass(model, evaluate, weights, batch, options, rho, inputs, first):
+    """`(first, descent gradient, L(w + eps))` of one group."""
+    if options.second_order:
+        return _second_order(
+            model, evaluate, weights, batch, rho, options, inputs
+        )
+    grads, loss2 = step.descent(
+        evaluate, weights, batch, first, options, rho, inputs
     )
-    stats = _stats(model, first.loss, loss_perturbed, first.grads, use_sam)
-    return StepResult(grads, first.y_pred, first.loss, stats), first.updates
+    return first, grads, loss2
 
 
-def _second_order(model, evaluate, weights, batch, rho, options):
-    """d/dw L(w + eps(w)), through eps (Foret et al. appendix C.4)."""
+def _second_order(model, evaluate, weights, batch, rho, options, inputs):
+    """d/dw L(w + eps(w)), through the whole pipeline (ASAM's T_w, the
+    mask, the dual vector; Foret et al. appendix C.4).
+
+    Returns:
+        `(first, grads, loss_perturbed)`, `first` the pass at w.
+    """
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(weights)
         first = evaluate(weights, batch)
-        eps = perturbation.dual_vector(first.grads, rho, options.p)
+        eps = step.perturb(
+            evaluate, weights, batch, first.grads, options, rho, inputs
+        )
         second = evaluate(step.add(weights, eps), batch, need_grads=False)
         scaled = model.optimizer.scale_loss(second.loss)
     grads = step.zeros_for_none(tape.gradient(scaled, weights), weights)
-    return grads, second.loss
+    return first, grads, second.loss
 
 
 def _grouped(model, evaluate, batch, options, rho, seeds, use_sam, m, state):
     """The step with one eps per group of `m` examples (m-sharpness)."""
     weights = [v.value for v in model.trainable_variables]
     names = [v.name for v in model.trainable_variables]
-    rule = options.gradient_rule
     # A batch that is not a multiple of m (the last batch of an epoch, or
     # an empty replica batch) is perturbed as one group, like m=None.
     n = sharding.batch_size(batch[0])
 
     def one_group(group):
-        if options.second_order:
-            first = evaluate(weights, group)
-            grads, loss2 = _second_order(
-                model, evaluate, weights, group, rho, options
-            )
-        else:
-            first = evaluate(weights, group, output_grads=rule != "sam")
-            grads, loss2 = step.descent(
-                evaluate, weights, group, first, options, rho, seeds, names
-            )
-        norm = _unscaled_norm(model, first.grads)
-        return grads, first.y_pred, (first.loss, loss2, norm), first.updates
+        inputs = step.Inputs(seeds, names)
+        first = None
+        if not options.second_order:
+            first = step.first_pass(evaluate, weights, group, options)
+        first, grads, loss2 = _sam_pass(
+            model, evaluate, weights, group, options, rho, inputs, first
+        )
+        norm = _unscaled_norm(
+            model, grads if first.grads is None else first.grads
+        )
+        stats = (first.loss, loss2, norm)
+        return _dense(grads), first.y_pred, stats, first.updates
 
     def in_groups():
         named = {"x": batch[0], "y": batch[1], "sample_weight": batch[2]}
@@ -258,7 +277,7 @@ def _grouped(model, evaluate, batch, options, rho, seeds, use_sam, m, state):
         first = evaluate(weights, batch)
         norm = _unscaled_norm(model, first.grads)
         stats = (first.loss, first.loss, norm)
-        return first.grads, first.y_pred, stats, first.updates
+        return _dense(first.grads), first.y_pred, stats, first.updates
 
     if isinstance(n, int):
         sam = in_groups if n % m == 0 and n > 0 else lambda: one_group(batch)
@@ -274,8 +293,16 @@ def _grouped(model, evaluate, batch, options, rho, seeds, use_sam, m, state):
 
 def _resize(t, size, n):
     """`t`'s first `size` rows, zero-padded when it has fewer."""
-    pad = tf.zeros(tf.concat([[tf.maximum(size - n, 0)], tf.shape(t)[1:]], 0), t.dtype)
+    shape = tf.concat([[tf.maximum(size - n, 0)], tf.shape(t)[1:]], 0)
+    pad = tf.zeros(shape, t.dtype)
     return tf.concat([t, pad], axis=0)[:size]
+
+
+def _dense(grads) -> list:
+    """Gradients as dense tensors: the branches of a `tf.cond` must agree,
+    and a grouped step's mean gradient is dense where an embedding's own
+    gradient is `tf.IndexedSlices`."""
+    return [tf.convert_to_tensor(g) for g in grads]
 
 
 def _merge_updates(model, state, updates) -> dict:
@@ -338,6 +365,8 @@ def _seeds(model, options):
         if kind == "mask":
             step_index = step_index // options.mask_update_every
         seed = tf.stack([options.seed, tf.cast(step_index, tf.int32)])
+        if kind == "mask":  # a draw of its own, not the random eps's
+            seed = tf.random.experimental.stateless_fold_in(seed, 1)
         replica = tf.distribute.get_replica_context()
         if replica is not None:
             seed = tf.random.experimental.stateless_fold_in(
@@ -355,12 +384,6 @@ def _unscaled_norm(model, grads):
     if scale is not None:
         norm = norm / tf.cast(scale, tf.float32)
     return _keras.unscale_loss_for_distribution(norm)
-
-
-def _stats(model, loss, loss_perturbed, grads, use_sam):
-    return _stats_from(
-        loss, loss_perturbed, _unscaled_norm(model, grads), use_sam
-    )
 
 
 def _stats_from(loss, loss_perturbed, grad_norm, use_sam) -> dict:
