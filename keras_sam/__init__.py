@@ -1,29 +1,49 @@
-"""keras_sam: Sharpness-Aware Minimization for Keras 3 on TensorFlow."""
+"""keras_sam: Sharpness-Aware Minimization for Keras 3 on TensorFlow.
+
+The folder tree is the design, one layer per folder:
+
+- core step: `model.py` (`SAMModel`, the Keras integration) + `core/` (the
+  SAM step as functions; `core/tensorflow.py` the one backend module),
+  with `options.py`, `perturbation.py` (eq. 2) and `sharding.py` (m-groups);
+- training aids: `schedules.py` (rho schedules) and `callbacks/`;
+- label noise and bootstrapping: `noise/`;
+- tuning rho with KerasTuner: `tuning/` (the `tuning` extra);
+- diagnostics: `diagnostics/` (Hessian, sharpness, landscapes, plots), all
+  on one stateless-loss helper;
+- distribution: `distribution.py` (tf.distribute, multi-worker);
+- `_keras.py`: the one place for private Keras API.
+`regularization.py` is Baek et al.'s regularised-SGD baseline, `datasets.py`
+the docs' example data. `hessian`, `sharpness`, `landscape`,
+`landscape_plots`, `bootstrap`, `tuner` and `hypermodel` are old import
+paths that re-export from the subpackages.
+"""
 
 # First: says which TensorFlow to install when none is (see _optional).
 from keras_sam import _optional  # noqa: F401
 from keras_sam import bootstrap
 from keras_sam import callbacks
 from keras_sam import datasets
+from keras_sam import diagnostics
 from keras_sam import landscape
 from keras_sam import noise
 from keras_sam import regularization
 from keras_sam import schedules
+from keras_sam import tuning
 from keras_sam.callbacks import NoiseMonitor
 from keras_sam.callbacks import RhoScheduler
 from keras_sam.callbacks import SharpnessLogger
-from keras_sam.hessian import hessian_vector_product
-from keras_sam.hessian import hutchinson_trace
-from keras_sam.hessian import top_hessian_eigenvalues
-from keras_sam.hypermodel import SAMHyperModel
-from keras_sam.landscape import interpolate
-from keras_sam.landscape import random_slice_1d
-from keras_sam.landscape import random_slice_2d
+from keras_sam.diagnostics import hessian_vector_product
+from keras_sam.diagnostics import hutchinson_trace
+from keras_sam.diagnostics import interpolate
+from keras_sam.diagnostics import m_sharpness
+from keras_sam.diagnostics import random_slice_1d
+from keras_sam.diagnostics import random_slice_2d
+from keras_sam.diagnostics import top_hessian_eigenvalues
 from keras_sam.model import SAMModel
 from keras_sam.regularization import regularized_sgd_model
-from keras_sam.sharpness import m_sharpness
-from keras_sam.tuner import bayesian_search
-from keras_sam.tuner import grid_search
+from keras_sam.tuning import SAMHyperModel
+from keras_sam.tuning import bayesian_search
+from keras_sam.tuning import grid_search
 
 __version__ = "0.1.0"
 
@@ -37,6 +57,7 @@ __all__ = [
     "bootstrap",
     "callbacks",
     "datasets",
+    "diagnostics",
     "grid_search",
     "hessian_vector_product",
     "hutchinson_trace",
@@ -50,4 +71,5 @@ __all__ = [
     "regularized_sgd_model",
     "schedules",
     "top_hessian_eigenvalues",
+    "tuning",
 ]
