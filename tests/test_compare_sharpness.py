@@ -7,8 +7,11 @@ import sys
 
 import keras
 import numpy as np
+import pytest
 
 from keras_sam.model import SAMModel
+
+pytestmark = pytest.mark.slow  # runs the CLI in a subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

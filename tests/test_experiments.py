@@ -41,6 +41,7 @@ def _check_outputs(out, files):
         assert row["best_test_acc"] >= row["final_test_acc"]
 
 
+@pytest.mark.slow  # end-to-end study run
 def test_noise_robustness_digits(tmp_path):
     config = noise_robustness.Config(
         **TINY, noise_rates=(0.8,), high_noise_rho=0.05,
@@ -61,6 +62,7 @@ def test_noise_robustness_digits(tmp_path):
     assert "Bootstrap + SAM" in table and "80% noise" in table
 
 
+@pytest.mark.slow  # end-to-end study run
 def test_noise_robustness_high_noise_rho():
     config = noise_robustness.Config(rho=0.1, high_noise_rho=0.05)
     by_key = {m.key: m for m in noise_robustness.methods_for(config, 0.8)}
@@ -73,6 +75,7 @@ def test_noise_robustness_high_noise_rho():
             dataclasses.replace(config, methods=("adam",)), 0.2)
 
 
+@pytest.mark.slow  # end-to-end study run
 def test_noise_robustness_mock_tfds(tmp_path):
     config = noise_robustness.Config(
         **MOCK, noise_rates=(0.4,), methods=("sgd", "boot_sgd"),
@@ -82,6 +85,7 @@ def test_noise_robustness_mock_tfds(tmp_path):
     _check_outputs(out, ["runs.csv", "accuracy_vs_noise.png"])
 
 
+@pytest.mark.slow  # end-to-end study run
 def test_m_sharpness_digits(tmp_path):
     config = m_sharpness.Config(**TINY, ms=(1, 16), rhos=(0.2,),
                                 noise_rate=0.2)
@@ -104,6 +108,7 @@ def test_m_sharpness_methods():
         m_sharpness.methods_for(dataclasses.replace(config, ms=(3,)))
 
 
+@pytest.mark.slow  # end-to-end study run
 def test_m_sharpness_mock_tfds(tmp_path):
     config = m_sharpness.Config(
         **{**MOCK, "model": "mlp", "model_kwargs": {"hidden_units": 8}},
@@ -114,6 +119,7 @@ def test_m_sharpness_mock_tfds(tmp_path):
     _check_outputs(out, ["runs.csv", "error_vs_rho.png"])
 
 
+@pytest.mark.slow  # end-to-end study run
 def test_ablations_digits(tmp_path):
     config = ablations.Config(**TINY, ascent_steps=(1, 2),
                               rho_schedules=("constant", "step_decay"))
@@ -129,6 +135,7 @@ def test_ablations_digits(tmp_path):
     assert {r["group"] for r in grouped} == set(ablations.GROUPS)
 
 
+@pytest.mark.slow  # end-to-end study run
 def test_ablations_p_inf_radius_matches_p2():
     config = ablations.Config(rho=0.2, groups=("perturbation",))
     methods, shown = ablations.methods_for(config, num_weights=400)
@@ -138,6 +145,7 @@ def test_ablations_p_inf_radius_matches_p2():
     assert shown == {"perturbation": ["sgd", "sam", "p_inf", "random"]}
 
 
+@pytest.mark.slow  # end-to-end study run
 def test_ablations_step_increase_ends_at_rho():
     config = ablations.Config(rho=0.2, groups=("rho_schedule",),
                               rho_schedules=("step_increase",))
@@ -150,6 +158,7 @@ def test_ablations_step_increase_ends_at_rho():
     assert {m.key: m for m in methods}["step_increase"].sam["rho"] == 0.1
 
 
+@pytest.mark.slow  # end-to-end study run
 def test_ablations_mock_tfds(tmp_path):
     config = ablations.Config(
         **{**MOCK, "dataset": "fashion_mnist", "model": "mlp",
@@ -161,6 +170,7 @@ def test_ablations_mock_tfds(tmp_path):
     _check_outputs(out, ["runs.csv", "ablations.png"])
 
 
+@pytest.mark.slow  # end-to-end study run
 def test_baek_table1_digits(tmp_path):
     config = baek_table1.Config(**{**TINY, "model": "mlp_ln",
                                    "model_kwargs": {"hidden_units": 8}})
@@ -174,6 +184,7 @@ def test_baek_table1_digits(tmp_path):
     assert "69.5" in baek_table1.report(out["results"], config, 1.0, "x")
 
 
+@pytest.mark.slow  # end-to-end study run
 def test_baek_table1_mock_tfds(tmp_path):
     config = baek_table1.Config(
         **{**MOCK, "dataset": "svhn_cropped", "model": "mlp_ln",
@@ -188,6 +199,7 @@ def test_baek_table1_mock_tfds(tmp_path):
 # ------------------------------------------- skips, strategy, precision
 
 
+@pytest.mark.slow  # end-to-end study run
 def test_unsupported_options_are_skipped(monkeypatch):
     data = data_lib.load("digits", train_size=32, test_size=16)
     config = noise_robustness.Config(**{**TINY, "train_size": 32})
@@ -213,6 +225,7 @@ def test_unsupported_options_are_skipped(monkeypatch):
     assert len(results.skip_notes(table)) == 3 and len(lines) == 3
 
 
+@pytest.mark.slow  # end-to-end study run
 def test_runs_do_not_depend_on_earlier_methods():
     data = data_lib.load("digits", train_size=32, test_size=16)
     config = noise_robustness.Config(**TINY)
@@ -232,6 +245,7 @@ def test_sam_supports():
     assert "bogus" in common.sam_supports({"bogus": 1})
 
 
+@pytest.mark.slow  # end-to-end study run
 def test_mirrored_strategy(tmp_path):
     config = noise_robustness.Config(
         **TINY, noise_rates=(0.4,), methods=("sgd",), strategy="mirrored"
@@ -241,6 +255,7 @@ def test_mirrored_strategy(tmp_path):
     assert out["runs"][0]["status"] == "ok"
 
 
+@pytest.mark.slow  # end-to-end study run
 def test_mixed_precision_policy_is_restored(tmp_path):
     config = noise_robustness.Config(
         **TINY, noise_rates=(0.4,), methods=("sam",),

@@ -74,6 +74,7 @@ def _pins(path: str) -> dict:
     return pins
 
 
+@pytest.mark.slow  # subprocess
 def test_import_works_without_optional_packages_and_names_the_extra():
     code = textwrap.dedent(f"""
         import sys
@@ -107,6 +108,7 @@ def test_import_works_without_optional_packages_and_names_the_extra():
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr
 
 
+@pytest.mark.slow  # subprocess
 def test_import_without_tensorflow_names_the_extras():
     code = textwrap.dedent("""
         import sys
@@ -214,6 +216,7 @@ def test_license_is_apache_and_declared():
     assert config["metadata"]["license_files"].split() == ["LICENSE"]
 
 
+@pytest.mark.slow  # subprocess
 def test_sdist_carries_the_tests_and_their_helpers(tmp_path):
     _need(os.path.join(ROOT, "keras_sam"), os.path.join(ROOT, "MANIFEST.in"))
     pytest.importorskip("setuptools")

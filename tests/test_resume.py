@@ -16,6 +16,9 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # kills and restarts a training subprocess
 
 EPOCHS = 5
 CRASH_EPOCH, CRASH_BATCH = 3, 4  # 0-based: epochs 0-2 are backed up

@@ -37,6 +37,7 @@ def read_results(output_dir):
     return run_dir, rows
 
 
+@pytest.mark.slow  # end-to-end CLI run
 @pytest.mark.parametrize("search", ["grid", "bayesian"])
 def test_cli_on_mock_tfds(search, tmp_path, capsys):
     with tfds.testing.mock_data(num_examples=40):
@@ -60,6 +61,7 @@ def test_cli_on_mock_tfds(search, tmp_path, capsys):
     assert f"best rho = {rho:.4g}" in out and "trial_id" in out
 
 
+@pytest.mark.slow  # end-to-end CLI run
 def test_cli_on_digits_cnn(tmp_path, capsys):
     run_cli([
         "--search=grid", "--rho_values=0.05,0.5", "--epochs=1",

@@ -324,6 +324,7 @@ def test_one_hot_labels(search, hypermodel, data, tmp_path):
     assert result.data.validation.y.shape == (6, NUM_CLASSES)
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_import_without_keras_tuner():
     """keras_sam imports without keras-tuner; a search names the extra."""
     script = textwrap.dedent(
