@@ -16,10 +16,10 @@ import tensorflow as tf
 import keras_sam
 from keras_sam import perturbation
 from tests import reference
-from tests.test_reliability import assert_weights_close
-from tests.test_reliability import initial_weights
-from tests.test_reliability import max_difference
-from tests.test_reliability import weights_of
+from tests.helpers import assert_weights_close
+from tests.helpers import initial_weights
+from tests.helpers import max_difference
+from tests.helpers import weights_of
 
 RHO = 0.5
 LEARNING_RATE = 0.1
