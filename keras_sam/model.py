@@ -17,15 +17,9 @@ own local gradient (m-sharpness, section 4.1) and only `g_sam` is averaged
 across replicas, by the optimizer.
 """
 
-import contextlib
 import dataclasses
-import difflib
-import functools
-import importlib
 import math
-import threading
 import warnings
-from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -34,7 +28,16 @@ from keras_sam import _keras
 from keras_sam.core import tensorflow as backend_step
 from keras_sam.core.policy import StepState
 from keras_sam.distribution import MultiWorkerFix
+from keras_sam import model_classes
+from keras_sam.model_classes import bases_kept
+from keras_sam.model_classes import check_functional_kwargs
+from keras_sam.model_classes import functional_variant
+from keras_sam.model_classes import is_functional_call
+from keras_sam.model_classes import resolve_class
 from keras_sam.options import SAMOptions
+from keras_sam.sam_state import SAMGradients
+from keras_sam.sam_state import SAMState
+from keras_sam.sam_state import warn_if_sam_unused
 
 Functional = _keras.Functional
 
@@ -115,8 +118,8 @@ class SAMModel(MultiWorkerFix, keras.Model):
         # a functional SAMModel, the way `keras.Model(inputs, outputs)` builds
         # a `Functional`. Keras would otherwise rewrite the base classes of
         # SAMModel in place, which breaks every later subclass of SAMModel.
-        if _is_functional_call(args, kwargs) and not issubclass(cls, Functional):
-            cls = _functional_variant(cls)
+        if is_functional_call(args, kwargs) and not issubclass(cls, Functional):
+            cls = functional_variant(cls, FunctionalSAMModel)
         return super().__new__(cls, *args, **kwargs)
 
     def __init__(self, *args, rho=0.05, **kwargs):
@@ -132,11 +135,11 @@ class SAMModel(MultiWorkerFix, keras.Model):
                 f"{args[0].name!r}). To train an existing model with SAM, "
                 "use `keras_sam.SAMModel.from_model(model, rho=...)`."
             )
-        if _is_functional_call(args, kwargs):
-            _check_functional_kwargs(kwargs, names)
-        with _bases_kept(SAMModel):
+        if is_functional_call(args, kwargs):
+            check_functional_kwargs(kwargs, names)
+        with bases_kept(SAMModel):
             super().__init__(*args, **kwargs)
-        self._sam = _SAMState(rho, options)
+        self._sam = SAMState(rho, options)
 
     # ----------------------------------------------------------- SAM state
 
@@ -235,7 +238,7 @@ class SAMModel(MultiWorkerFix, keras.Model):
         # must call compute_sam_gradients, and gets SAM's logs if it does.
         train_step = type(self).train_step
         if train_step is not SAMModel.train_step:
-            checked = _warn_if_sam_unused(train_step)
+            checked = warn_if_sam_unused(train_step)
             object.__setattr__(self, "train_step", checked.__get__(self))
         return super().make_train_function(force=force)
 
@@ -292,7 +295,7 @@ class SAMModel(MultiWorkerFix, keras.Model):
         config = dict(config)
         base = config.pop("sam_base_class", None)
         if base is not None:
-            return sam_class(_resolve_class(base)).from_config(
+            return sam_class(resolve_class(base)).from_config(
                 config, custom_objects
             )
         names = {field.name for field in dataclasses.fields(SAMOptions)}
@@ -369,88 +372,18 @@ class SAMModel(MultiWorkerFix, keras.Model):
             model(keras.Input(shape=tuple(input_shape)))
         model.__class__ = sam_class(type(model))
         with model.distribute_strategy.scope():
-            model._sam = _SAMState(rho, options)
+            model._sam = SAMState(rho, options)
         model.train_function = None
         return model
 
 
-class SAMGradients(NamedTuple):
-    """What `SAMModel.compute_sam_gradients` returns."""
+def sam_class(base):
+    """The SAM subclass of a `keras.Model` class: `(SAMModel, base)`.
 
-    gradients: list
-    y_pred: object
-    loss: object
-
-
-class _SAMState:
-    """rho, the options and SAM's statistics: state outside `model.weights`.
-
-    A plain object, so Keras tracks none of it: rho and the trackers are not
-    weights (checkpoints move freely between a SAMModel and a keras.Model)
-    and `grad_norm`/`sharpness` are not metrics (`evaluate` is unchanged).
+    It keeps `base`'s name and methods and saves under "keras_sam>SAMModel"
+    with `base` named in its config, so a fresh process loads it.
     """
-
-    def __init__(self, rho, options):
-        self.options = options
-        self.rho = keras.Variable(
-            rho, dtype="float32", trainable=False, name="rho"
-        )
-        self.grad_norm = keras.metrics.Mean(name="grad_norm")
-        self.sharpness = keras.metrics.Mean(name="sharpness")
-        self.step_state = None  # built with the train function
-        self.calls = 0
-        self.warned = False
-        # Per replica thread (MirroredStrategy runs replicas in threads):
-        # the moving statistics to average after the optimizer step.
-        self.local = threading.local()
-
-    def record(self, stats):
-        # A step whose gradient overflowed (skipped by a LossScaleOptimizer)
-        # has no meaningful norm or sharpness: leave it out of the means.
-        ops = keras.ops
-        finite = ops.cast(ops.isfinite(stats["grad_norm"]), "float32")
-        norm = ops.where(finite > 0, stats["grad_norm"], 0.0)
-        sharpness = ops.where(finite > 0, stats["sharpness"], 0.0)
-        self.grad_norm.update_state(norm, sample_weight=finite)
-        self.sharpness.update_state(
-            sharpness, sample_weight=finite * stats["sam_weight"]
-        )
-
-    def logs(self) -> dict:
-        return {
-            "rho": keras.ops.convert_to_tensor(self.rho.value),
-            "grad_norm": self.grad_norm.result(),
-            "sharpness": self.sharpness.result(),
-        }
-
-    def reset(self):
-        self.grad_norm.reset_state()
-        self.sharpness.reset_state()
-
-
-def _warn_if_sam_unused(train_step):
-    """Wraps a subclass's `train_step`: adds SAM's logs, warns if no SAM."""
-
-    @functools.wraps(train_step)
-    def checked_train_step(self, data):
-        calls = self._sam.calls
-        logs = train_step(self, data)
-        if self._sam.calls > calls and isinstance(logs, dict):
-            logs = {**self.sam_logs(), **logs}
-        elif self._sam.calls == calls and not self._sam.warned:
-            self._sam.warned = True
-            warnings.warn(
-                f"{type(self).__name__}.train_step does not call "
-                "`self.compute_sam_gradients(x, y, sample_weight)`, so it "
-                "trains with the base optimizer only, not SAM. Replace the "
-                "GradientTape block of the custom step by it (it returns "
-                "the gradients, y_pred and loss), or subclass keras.Model "
-                "if SAM is not wanted.",
-                stacklevel=2,
-            )
-        return logs
-
-    return checked_train_step
+    return model_classes.sam_class(base, SAMModel)
 
 
 def _from_graph(cls, model, sam_kwargs):
@@ -466,121 +399,6 @@ def _from_graph(cls, model, sam_kwargs):
             "`SAMModel.from_model`."
         )
     return cls(inputs=inputs, outputs=outputs, name=model.name, **sam_kwargs)
-
-
-_SAM_CLASSES = {}
-
-
-def sam_class(base):
-    """The SAM subclass of a `keras.Model` class: `(SAMModel, base)`.
-
-    It keeps `base`'s name and methods and saves under "keras_sam>SAMModel"
-    with `base` named in its config, so a fresh process loads it.
-    """
-    if issubclass(base, SAMModel):
-        return base
-    if base.train_step is not keras.Model.train_step:
-        raise ValueError(
-            f"{base.__name__} overrides `train_step`, which SAM's step would "
-            "replace. Subclass `keras_sam.SAMModel` instead and call "
-            "`self.compute_sam_gradients(x, y, sample_weight)` in your "
-            "train_step."
-        )
-    if base not in _SAM_CLASSES:
-        cls = type(
-            base.__name__,
-            (SAMModel, base),
-            {
-                "__module__": base.__module__,
-                "__doc__": base.__doc__,
-                "_sam_base": base,
-            },
-        )
-        _keras.register_as(cls, keras.saving.get_registered_name(SAMModel))
-        _SAM_CLASSES[base] = cls
-    return _SAM_CLASSES[base]
-
-
-def _resolve_class(reference):
-    """The class a `sam_base_class` config entry names."""
-    found = keras.saving.get_registered_object(reference["registered_name"])
-    if found is None:
-        module = importlib.import_module(reference["module"])
-        found = getattr(module, reference["class_name"], None)
-    if not isinstance(found, type) or not issubclass(found, keras.Model):
-        raise ValueError(
-            f"Cannot load the SAM model: its class {reference!r} was not "
-            "found. Import the module that defines it (and register it with "
-            "`keras.saving.register_keras_serializable`) before loading."
-        )
-    return found
-
-
-@contextlib.contextmanager
-def _bases_kept(cls):
-    """Undoes Keras' rewriting of `cls.__bases__` during construction.
-
-    `keras.Model.__init__` with functional arguments rewrites the bases of
-    every class in the model's hierarchy to derive from `Functional`
-    (`inject_functional_model_class`); KerasHub tasks construct themselves
-    that way. SAMModel must stay a plain `keras.Model` subclass for every
-    later subclass, so its bases are restored afterwards.
-    """
-    bases = cls.__bases__
-    try:
-        yield
-    finally:
-        if cls.__bases__ != bases:
-            cls.__bases__ = bases
-
-
-
-_FUNCTIONAL_KWARGS = {"inputs", "outputs", "name", "trainable"}
-
-
-def _check_functional_kwargs(kwargs, sam_names):
-    """Refuses keyword arguments that Keras' Functional would drop."""
-    unknown = sorted(set(kwargs) - _FUNCTIONAL_KWARGS)
-    if unknown:
-        known = sorted(sam_names | {"rho"} | _FUNCTIONAL_KWARGS)
-        hints = [
-            f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key)
-            for key in unknown
-            for close in [difflib.get_close_matches(key, known, n=1)]
-        ]
-        raise ValueError(
-            f"Unknown SAMModel argument(s): {', '.join(hints)}. SAMModel "
-            f"takes {', '.join(known)}. Received: "
-            + ", ".join(f"{key}={kwargs[key]!r}" for key in unknown)
-        )
-
-
-def _is_functional_call(args, kwargs) -> bool:
-    """Whether constructor arguments are a functional model's: inputs that
-    are `keras.Input` tensors, and outputs (by position or keyword)."""
-    inputs = args[0] if args else kwargs.get("inputs")
-    has_outputs = len(args) >= 2 or "outputs" in kwargs
-    return has_outputs and any(
-        isinstance(t, keras.KerasTensor) for t in keras.tree.flatten(inputs)
-    )
-
-
-_FUNCTIONAL_VARIANTS = {}
-
-
-def _functional_variant(cls):
-    """`cls` with `Functional` mixed in, saved under `cls`'s name."""
-    if cls is SAMModel:
-        return FunctionalSAMModel
-    if cls not in _FUNCTIONAL_VARIANTS:
-        variant = type(
-            cls.__name__,
-            (cls, Functional),
-            {"__module__": cls.__module__, "__doc__": cls.__doc__},
-        )
-        _keras.register_as(variant, keras.saving.get_registered_name(cls))
-        _FUNCTIONAL_VARIANTS[cls] = variant
-    return _FUNCTIONAL_VARIANTS[cls]
 
 
 @keras.saving.register_keras_serializable(package="keras_sam", name="SAMModel")
