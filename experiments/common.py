@@ -5,8 +5,9 @@ variants, regularised SGD) and calls `run_methods` once per noise level and
 seed; each method is built from the same initial weights (the seed), trained
 on the same shuffled batches, and summarised as one row (best and final
 clean test accuracy, final sharpness estimate, wall time) plus per-epoch
-history rows. A method that needs a `SAMModel` option this version of
-keras_sam lacks is skipped with a clear reason instead of failing the study.
+history rows. A method whose options `SAMModel` refuses (an unknown option,
+or a combination refused at construction) is skipped with the reason
+instead of failing the study.
 """
 
 import contextlib
@@ -27,6 +28,8 @@ from keras_sam import schedules
 from keras_sam.callbacks import NoiseMonitor
 from keras_sam.distribution import enable_multi_worker_fit
 from keras_sam.callbacks import RhoScheduler
+from keras_sam.options import SAMOptions
+from keras_sam.regularization import regularized_sgd_model
 
 
 @dataclasses.dataclass
@@ -107,7 +110,7 @@ class Method:
 
 
 class Skipped(Exception):
-    """A method this version of keras_sam cannot run (the reason)."""
+    """A method `SAMModel` refuses to run (the reason)."""
 
 
 # ------------------------------------------------------ the environment
@@ -170,35 +173,11 @@ def sam_supports(options: dict) -> Optional[str]:
     `keras_sam.options.SAMOptions` where the constructor takes `**kwargs`.
     """
     parameters = inspect.signature(keras_sam.SAMModel.__init__).parameters
-    known = set(parameters)
-    try:
-        from keras_sam.options import SAMOptions
-    except ImportError:
-        SAMOptions = None
-    if SAMOptions is not None and dataclasses.is_dataclass(SAMOptions):
-        known |= {field.name for field in dataclasses.fields(SAMOptions)}
+    known = set(parameters) | {f.name for f in dataclasses.fields(SAMOptions)}
     missing = sorted(k for k in options if k not in known)
     if missing:
-        return (
-            f"keras_sam.SAMModel has no {', '.join(missing)} option in this "
-            "version of keras_sam"
-        )
+        return f"keras_sam.SAMModel has no {', '.join(missing)} option"
     return None
-
-
-def regularized_sgd_builder():
-    """`keras_sam.regularization.regularized_sgd_model`, or raises Skipped."""
-    try:
-        from keras_sam import regularization
-    except ImportError:
-        regularization = None
-    builder = getattr(regularization, "regularized_sgd_model", None)
-    if builder is None:
-        raise Skipped(
-            "keras_sam.regularization.regularized_sgd_model (Baek et al. eq. "
-            "4.5) is not in this version of keras_sam"
-        )
-    return builder
 
 
 # ----------------------------------------------------------- one method
@@ -206,7 +185,7 @@ def regularized_sgd_builder():
 
 def _wrap(base: keras.Model, method: Method) -> keras.Model:
     if method.regularization is not None:
-        return regularized_sgd_builder()(base, **method.regularization)
+        return regularized_sgd_model(base, **method.regularization)
     if method.sam is None:
         return base
     reason = sam_supports(method.sam)
