@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 import keras_sam
+from keras_sam import perturbation
 from keras_sam.core import step as core_step
 from keras_sam.core import tensorflow as core_tensorflow
 from tests import reference
@@ -140,25 +141,59 @@ def test_fisher_sparse_sam_perturbs_the_largest_squared_gradients():
     assert_weights_close(weights_of(model), descend(g_sam))
 
 
-def test_second_order_gradient_matches_finite_differences():
+def kernel_scale(weights, eta=0.01):
+    """ASAM's T by hand: |w| + eta on kernels (rank 2), 1 on biases."""
+    return [
+        np.abs(w) + eta if np.ndim(w) == 2 else np.ones_like(w)
+        for w in weights
+    ]
+
+
+def fisher_mask(g, fraction):
+    """1 on the largest `fraction` of the squared gradients, by a sort."""
+    scores = np.concatenate([np.ravel(np.asarray(gi)) ** 2 for gi in g])
+    k = int(round(fraction * scores.size))
+    threshold = np.sort(scores)[-k]
+    return [(np.asarray(gi) ** 2 >= threshold).astype(np.float64) for gi in g]
+
+
+def hand_eps(kind, w, g):
+    """eps of the pipeline written out for one variant (float64)."""
+    g = [np.asarray(gi, np.float64) for gi in g]
+    if kind == "adaptive":
+        t = kernel_scale([np.asarray(wi) for wi in w])
+    elif kind == "fisher":
+        t = fisher_mask(g, 0.5)
+    else:
+        t = [np.ones_like(gi) for gi in g]
+    scaled = [ti * gi for ti, gi in zip(t, g)]
+    return [RHO * ti * si / flat_norm(scaled) for ti, si in zip(t, scaled)]
+
+
+SECOND_ORDER = {
+    "plain": {},
+    "adaptive": {"adaptive": True},
+    "fisher": {"perturbed_fraction": 0.5, "mask": "fisher"},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SECOND_ORDER))
+def test_second_order_gradient_matches_finite_differences(kind):
     x, y = reference.tiny_data()
-    model = build(rho=RHO, second_order=True)
+    model = build(rho=RHO, second_order=True, **SECOND_ORDER[kind])
     model.compile(optimizer=keras.optimizers.SGD(1.0), loss=model.loss)
     model.fit(x, y, batch_size=len(y), shuffle=False, verbose=0)
     gradient = [a - b for a, b in zip(initial_weights(), weights_of(model))]
 
-    # F(w) = L(w + rho g(w) / ||g(w)||), differentiated numerically in
+    # F(w) = L(w + eps(w)), eps by hand, differentiated numerically in
     # float64 along random directions.
     x64 = tf.constant(x, tf.float64)
 
     def objective(weights):
         weights = [tf.constant(v, tf.float64) for v in weights]
-        with tf.GradientTape() as tape:
-            tape.watch(weights)
-            value = reference.loss(weights, x64, y)
-        g = tape.gradient(value, weights)
-        norm = tf.sqrt(sum(tf.reduce_sum(gi**2) for gi in g))
-        perturbed = [a + RHO * b / norm for a, b in zip(weights, g)]
+        g = reference.gradient(weights, x64, y)
+        eps = hand_eps(kind, weights, g)
+        perturbed = [a + b for a, b in zip(weights, eps)]
         return float(reference.loss(perturbed, x64, y))
 
     rng = np.random.default_rng(0)
@@ -177,6 +212,72 @@ def test_second_order_gradient_matches_finite_differences():
         np.concatenate([np.ravel(np.asarray(a)) for a in first_order]),
         atol=1e-4,
     )
+
+
+def random_z(seed, kind="random"):
+    """The step-0 standard normal draw of a random eps (or mask) by hand:
+    seed pair (seed, step 0), the mask's folded with 1, then with the
+    replica id (0)."""
+    fold = tf.random.experimental.stateless_fold_in
+    pair = tf.constant([seed, 0], tf.int32)
+    if kind == "mask":
+        pair = fold(pair, 1)
+    pair = fold(pair, 0)
+    shapes = [w.shape for w in initial_weights()]
+    return [np.asarray(z, np.float64)
+            for z in perturbation.random_directions(shapes, pair)]
+
+
+RANDOM = {
+    "p_inf": {"p": float("inf")},
+    "adaptive": {"adaptive": True},
+    "random_mask": {"perturbed_fraction": 0.5, "mask": "random"},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(RANDOM))
+def test_random_perturbation_honours_p_adaptive_and_mask(kind):
+    model, x, y = one_step(perturbation="random", seed=5, **RANDOM[kind])
+    w = initial_weights()
+    z = random_z(5)
+    if kind == "p_inf":
+        eps = [RHO * np.sign(zi) for zi in z]
+    elif kind == "adaptive":
+        eps = [ti * RHO * zi / flat_norm(z)
+               for ti, zi in zip(kernel_scale(w), z)]
+    else:
+        mask = fisher_mask(random_z(5, "mask"), 0.5)  # largest |z'|
+        masked = [mi * zi for mi, zi in zip(mask, z)]
+        eps = [RHO * zi / flat_norm(masked) for zi in masked]
+    g_sam = reference.gradient(
+        [a + b.astype("float32") for a, b in zip(w, eps)], x, y
+    )
+    assert_weights_close(weights_of(model), descend(g_sam))
+
+
+def test_random_perturbation_logs_the_loss_at_w():
+    x, y = reference.tiny_data()
+    model = build(rho=RHO, perturbation="random")
+    logs = model.fit(x, y, batch_size=len(y), verbose=0).history
+    loss = float(reference.loss(initial_weights(), x, y))
+    np.testing.assert_allclose(logs["loss"][0], loss, rtol=1e-5)
+
+
+def test_a_kept_fisher_mask_is_reused_until_its_update():
+    x, y = reference.tiny_data()
+    model = build(rho=RHO, perturbed_fraction=0.5, mask_update_every=2)
+    model.fit(x, y, batch_size=len(y), epochs=2, shuffle=False, verbose=0)
+    w = initial_weights()
+    mask = fisher_mask(reference.gradient(w, x, y), 0.5)  # from step 0
+    for _ in range(2):
+        g = [np.asarray(gi, np.float64) for gi in reference.gradient(w, x, y)]
+        masked = [mi * gi for mi, gi in zip(mask, g)]
+        eps = [RHO * gi / flat_norm(masked) for gi in masked]
+        g_sam = reference.gradient(
+            [a + b.astype("float32") for a, b in zip(w, eps)], x, y
+        )
+        w = reference.sgd_update(w, g_sam, LEARNING_RATE)
+    assert_weights_close(weights_of(model), w)
 
 
 def hybrid_gradient(rule, weights, x, y):
@@ -290,6 +391,22 @@ def test_sam_every_k_alternates_sam_and_base_steps():
         ({"sam_every": 0}, "`sam_every` must be an integer >= 1"),
         ({"second_order": True, "ascent_steps": 2}, "cannot be combined"),
         ({"perturbation": "random", "second_order": True}, "random"),
+        ({"perturbation": "random", "perturbed_fraction": 0.5},
+         "mask='random'"),
+        ({"perturbation": "momentum", "ascent_steps": 2}, "gradient at w"),
+        ({"perturbation": "momentum", "m": 2}, "leave m=None"),
+        ({"perturbation": "random", "trigger": "adaptive"}, "gradient at w"),
+        ({"trigger": "adaptive", "m": 2}, "per replica batch"),
+        ({"off_step": "looksam", "m": 2}, "one stored direction"),
+        ({"perturbed_fraction": 0.5, "mask_update_every": 2, "m": 2},
+         "mask_update_every=1"),
+        ({"sam_from": 0.5}, "total_steps"),
+        ({"sam_from": -1}, "`sam_from` must be"),
+        ({"trigger": "adaptive", "trigger_decay": 1.0}, "`trigger_decay`"),
+        ({"trigger_c_end": 1.0}, "total_steps"),
+        ({"trigger": "sometimes"}, "`trigger` must be one of"),
+        ({"off_step": "lookahead"}, "`off_step` must be one of"),
+        ({"looksam_alpha": -0.5}, "`looksam_alpha`"),
     ],
 )
 def test_bad_variant_options_raise_clear_errors(kwargs, match):

@@ -66,6 +66,12 @@ METHODS = {
     "jsam_1": {"m": 1, "gradient_rule": "jacobian"},
     "ssam_fisher": {"perturbed_fraction": 0.5},
     "sam_every2": {"sam_every": 2},
+    "sam_every5": {"sam_every": 5},
+    "late_sam_before": {"sam_from": 10**9},  # late-phase SAM, SGD phase
+    "ae_sam": {"trigger": "adaptive"},
+    "looksam5": {"sam_every": 5, "off_step": "looksam"},
+    "msam": {"perturbation": "momentum"},
+    "ssam_fisher_t10": {"perturbed_fraction": 0.5, "mask_update_every": 10},
 }
 
 # Default global batch size of each model ("small batch" for the ResNet).
