@@ -86,6 +86,23 @@ def split_into_groups(structure, m: int):
         )
 
 
+# Every strategy computes the same thing (`fn` on each group, outputs
+# stacked), works under XLA and in the replica context of any
+# `tf.distribute` strategy, and traces `fn` only at trace time:
+#
+# - "vectorize": `tf.vectorized_map`, one batched computation for all
+#   groups. Fast for dense layers; ops without a batched form (see
+#   `LOOPED_BY_VECTORIZED_MAP`) run in while loops, group by group.
+# - "unroll": a Python loop over a static number of groups, so each group
+#   is straight-line code with the cost of one small batch. Trace and
+#   compile time grow with the number of groups.
+# - "loop": `tf.map_fn`, `parallel_iterations` groups at a time. Slower,
+#   but memory does not grow with the number of groups.
+# - "auto" (default): "unroll" when `fn` contains ops that "vectorize"
+#   would loop over (convolutions), the number of groups is static, and
+#   the unrolled graph would have at most `max_unrolled_ops` ops;
+#   "vectorize" otherwise. Deciding traces `fn` once more, into a graph
+#   that is thrown away.
 STRATEGIES = ("auto", "vectorize", "unroll", "loop")
 
 # Ops that `tf.vectorized_map` cannot batch over per-group weights: pfor runs
@@ -117,23 +134,9 @@ def map_groups(
 ):
     """Applies `fn` to every group (leading axis) and stacks the results.
 
-    Every strategy computes the same thing (`fn` on each group, outputs
-    stacked), works under XLA and in the replica context of any
-    `tf.distribute` strategy, and traces `fn` only at trace time:
-
-    - "vectorize": `tf.vectorized_map`, one batched computation for all
-      groups. Fast for dense layers; ops without a batched form (see
-      `LOOPED_BY_VECTORIZED_MAP`) run in while loops, group by group.
-    - "unroll": a Python loop over a static number of groups, so each group
-      is straight-line code with the cost of one small batch. Trace and
-      compile time grow with the number of groups.
-    - "loop": `tf.map_fn`, `parallel_iterations` groups at a time. Slower,
-      but memory does not grow with the number of groups.
-    - "auto" (default): "unroll" when `fn` contains ops that "vectorize"
-      would loop over (convolutions), the number of groups is static, and
-      the unrolled graph would have at most `max_unrolled_ops` ops;
-      "vectorize" otherwise. Deciding traces `fn` once more, into a graph
-      that is thrown away.
+    Every strategy (see `STRATEGIES`) computes the same thing, works under
+    XLA and in the replica context of any `tf.distribute` strategy, and
+    traces `fn` only at trace time.
 
     Args:
         fn: Function of one group (a nested structure of tensors shaped
