@@ -6,6 +6,8 @@ Keras each item exists in is noted. When Keras grows a public route, change
 it here only.
 """
 
+import contextlib
+
 from keras.src.losses import loss as _loss_module
 from keras.src.models.functional import Functional  # noqa: F401
 from keras.src.random import seed_generator as _seed_generator
@@ -129,3 +131,52 @@ def run_graph(model, inputs, operation_fn):
     if isinstance(outputs, (list, tuple)) and len(outputs) == 1:
         return outputs[0]  # as `Functional.call` unpacks a singleton
     return outputs
+
+
+@contextlib.contextmanager
+def losses_overridden(model, losses):
+    """`model.losses` reads `losses` inside the block (`_losses_override`).
+
+    `stateless_call` returns the forward pass's own losses (activity
+    regularisers, `add_loss`) apart; `compute_loss` reads `model.losses`.
+    Keras' own JAX trainer hands them over the same way; no public route.
+    """
+    model._losses_override = list(losses)
+    try:
+        yield
+    finally:
+        model._losses_override = []
+
+
+def layer_history(tensor):
+    """The operation that produced a functional model's `KerasTensor`
+    (`KerasTensor._keras_history`): the layer feeding another layer, which
+    `model.get_layer` cannot find by position."""
+    return tensor._keras_history.operation
+
+
+def compile_arguments(model):
+    """The arguments `model.compile` was called with, as passed, or None.
+
+    `Trainer._compile_config` keeps them; the public
+    `get_compile_config()` returns them serialised, which loses
+    unregistered custom losses and metrics.
+    """
+    stored = getattr(getattr(model, "_compile_config", None), "config", None)
+    return dict(stored) if isinstance(stored, dict) else None
+
+
+def print_msg(message):
+    """Prints like Keras' own callbacks (`io_utils.print_msg`): to the
+    absl log when Keras is set to log, else to stdout."""
+    from keras.src.utils import io_utils
+
+    io_utils.print_msg(message)
+
+
+def trainer_source_module():
+    """Keras' TensorFlow trainer module, whose source `distribution`
+    inspects to tell whether two upstream bugs are still there."""
+    from keras.src.backend.tensorflow import trainer
+
+    return trainer

@@ -54,6 +54,8 @@ import socket
 import keras
 import tensorflow as tf
 
+from keras_sam import _keras
+
 ISSUE_BUILD = "keras-team/keras#20585"
 ISSUE_LOGS = "tensorflow/tensorflow#72388"
 ISSUE_STEPS = "keras-team/keras#19246"
@@ -69,7 +71,7 @@ def keras_bugs():
         "scalar_logs" (tensorflow/tensorflow#72388: scalar logs are
         reduced over axis 0). A source that cannot be read counts as True.
     """
-    from keras.src.backend.tensorflow import trainer
+    trainer = _keras.trainer_source_module()
 
     def still_has(function, text):
         try:

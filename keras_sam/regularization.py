@@ -10,7 +10,10 @@ which costs one forward and backward pass, like SGD.
 """
 
 import keras
+
 from keras import ops
+
+from keras_sam import _keras
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")
@@ -73,7 +76,7 @@ def regularized_sgd_model(model, gamma_z: float, gamma_v: float):
             f"weights v of Baek et al. eq. 4.5. Received last layer: {head!r}"
         )
     try:
-        feature_layer = head.input._keras_history.operation
+        feature_layer = _keras.layer_history(head.input)
     except (AttributeError, ValueError):
         raise ValueError(
             "`model` must be functional or Sequential, so that the input of "

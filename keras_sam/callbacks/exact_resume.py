@@ -39,8 +39,10 @@ import json
 import os
 
 import keras
+
 import numpy as np
-from keras.src.backend.common import global_state
+
+from keras_sam import _keras
 
 RANDOM_STATE_FILE = "random_state.npz"
 
@@ -54,7 +56,7 @@ def random_state_variables(model):
     """
     weights = {id(v) for v in model.weights}
     states = [v for v in model.variables if id(v) not in weights]
-    generator = global_state.get_global_attribute("global_seed_generator")
+    generator = _keras.existing_global_seed_generator()
     if generator is not None:
         states.append(generator.state)
     return states

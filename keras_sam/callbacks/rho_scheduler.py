@@ -3,8 +3,8 @@
 
 import keras
 import numpy as np
-from keras.src.utils import io_utils
 
+from keras_sam import _keras
 from keras_sam import schedules as schedules_module
 from keras_sam.model import check_rho
 
@@ -147,7 +147,7 @@ class RhoScheduler(keras.callbacks.Callback):
         rho = check_scheduled_rho(self._active(t), t, self.per)
         self.model.rho.assign(rho)
         if self.verbose > 0:
-            io_utils.print_msg(
+            _keras.print_msg(
                 f"\n{self.per.capitalize()} {t}: RhoScheduler setting rho to "
                 f"{rho:.6g}."
             )

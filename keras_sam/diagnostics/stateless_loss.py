@@ -17,8 +17,11 @@ of the full-data loss are the same weighted means of the batch ones.
 from typing import Sequence
 
 import keras
+
 import numpy as np
 import tensorflow as tf
+
+from keras_sam import _keras
 
 
 def as_dataset(data, batch_size: int = 128) -> tf.data.Dataset:
@@ -188,8 +191,7 @@ class StatelessLoss:
         # As model.evaluate: compiled loss + the forward pass's own losses
         # (activity regularisers, add_loss) + weight regularisers, the
         # latter evaluated at `trainable` inside the stateless scope.
-        model._losses_override = list(losses)
-        try:
+        with _keras.losses_overridden(model, losses):
             loss, _ = model.stateless_compute_loss(
                 trainable,
                 non_trainable,
@@ -200,8 +202,6 @@ class StatelessLoss:
                 sample_weight=sample_weight,
                 training=False,
             )
-        finally:
-            model._losses_override = []
         return loss
 
 

@@ -18,6 +18,8 @@ from typing import Any, Optional
 
 import keras
 
+from keras_sam import _keras
+
 DEFAULT_OPTIMIZER = "sgd"
 """The optimizer of trials whose model and hypermodel name none."""
 
@@ -72,12 +74,9 @@ def compile_arguments(model) -> Optional[dict]:
     """
     if not getattr(model, "compiled", False):
         return None
-    # Keras 3 keeps the arguments of `compile`, as passed, in the private
-    # `_compile_config`. Its public reader, `get_compile_config()`, returns
-    # them serialized, which loses unregistered custom losses and metrics.
-    stored = getattr(getattr(model, "_compile_config", None), "config", None)
-    if isinstance(stored, dict):
-        return dict(stored)
+    stored = _keras.compile_arguments(model)
+    if stored is not None:
+        return stored
     warnings.warn(
         f"Could not read how model {model.name!r} was compiled beyond its "
         "optimizer and loss: its trials use the hypermodel's metrics. Pass "
