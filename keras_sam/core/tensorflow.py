@@ -18,6 +18,7 @@ import tensorflow as tf
 from keras_sam import _keras
 from keras_sam import perturbation
 from keras_sam import sharding
+from keras_sam.core import per_example
 from keras_sam.core import policy
 from keras_sam.core import step
 from keras_sam.core import sync
@@ -284,6 +285,13 @@ def _grouped(model, evaluate, batch, options, rho, seeds, use_sam, m, state):
     else:
         divisible = tf.logical_and(tf.equal(n % m, 0), n > 0)
         sam = lambda: tf.cond(divisible, in_groups, lambda: one_group(batch))
+    if (
+        m == 1
+        and options.off_step == "base"
+        and per_example.supported(model, options)
+    ):
+        # Dense/LayerNorm models: exact 1-SAM without per-example copies.
+        sam = lambda: per_example.sam_branch(model, batch, options, rho, state)
     grads, y_pred, (loss, loss2, norm), updates = tf.cond(
         use_sam, sam, base
     )
