@@ -341,7 +341,12 @@ def test_m_with_a_remainder_batch_trains_as_documented(jit, source):
 def test_an_empty_replica_batch_gives_no_nan():
     """5 examples in batches of 4 over 2 replicas: one replica gets none."""
     x, y = reference.tiny_data(n=5)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    # Reduction to one device: no collective ops, whose instance keys this
+    # process's later MirroredStrategy tests would share.
+    strategy = tf.distribute.MirroredStrategy(
+        ["/cpu:0", "/cpu:1"],
+        cross_device_ops=tf.distribute.ReductionToOneDevice(),
+    )
     with strategy.scope():
         model = build(rho=RHO, m=2)
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
