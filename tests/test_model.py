@@ -452,3 +452,15 @@ def test_moving_statistics_are_averaged_across_replicas_on_request():
     synced = _replica_moving_means(rho=0.0, sync_moving_statistics=True)
     for replica in synced:
         np.testing.assert_allclose(replica, (plain[0] + plain[1]) / 2, 1e-6)
+
+
+def test_m_under_one_device_strategy_equals_grouped_hand_sam():
+    """OneDeviceStrategy gives a dynamic per-replica batch dimension."""
+    x, y = reference.tiny_data(n=8)
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    with strategy.scope():
+        model = build(rho=RHO, m=2)
+    model.fit(x, y, batch_size=8, shuffle=False, verbose=0)
+    grads = reference.grouped_sam_gradient(initial_weights(), x, y, RHO, 2)
+    expected = reference.sgd_update(initial_weights(), grads, LEARNING_RATE)
+    assert_weights_close(weights_of(model), expected)
