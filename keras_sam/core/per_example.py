@@ -317,11 +317,7 @@ def _logit_rule(model, forward, batch, first_tape, first_outputs):
 
 def _unscaled_mean_norm(model, norms):
     """The mean ||g_i||, undoing loss and replica scaling."""
-    norm = tf.reduce_mean(norms)
-    scale = getattr(model.optimizer, "dynamic_scale", None)
-    if scale is not None:
-        norm = norm / tf.cast(scale, tf.float32)
-    return _keras.unscale_loss_for_distribution(norm)
+    return step.unscale_norm(model, tf.reduce_mean(norms))
 
 
 def _run(model, x, forward):

@@ -18,6 +18,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import tensorflow as tf
 
+from keras_sam import _keras
 from keras_sam import perturbation as pert
 
 
@@ -193,3 +194,12 @@ def zeros_for_none(grads, weights) -> list:
     return [
         tf.zeros_like(w) if g is None else g for g, w in zip(grads, weights)
     ]
+
+
+def unscale_norm(model, norm):
+    """A gradient norm of the true local loss: undoes the optimizer's loss
+    scale (mixed precision) and Keras' 1/replicas loss scaling."""
+    scale = getattr(model.optimizer, "dynamic_scale", None)
+    if scale is not None:
+        norm = norm / tf.cast(scale, tf.float32)
+    return _keras.unscale_loss_for_distribution(norm)

@@ -387,11 +387,7 @@ def _seeds(model, options):
 
 def _unscaled_norm(model, grads):
     """||g|| of the true local gradient (undo loss and replica scaling)."""
-    norm = perturbation.global_norm(grads)
-    scale = getattr(model.optimizer, "dynamic_scale", None)
-    if scale is not None:
-        norm = norm / tf.cast(scale, tf.float32)
-    return _keras.unscale_loss_for_distribution(norm)
+    return step.unscale_norm(model, perturbation.global_norm(grads))
 
 
 def _stats_from(loss, loss_perturbed, grad_norm, use_sam) -> dict:
