@@ -18,11 +18,9 @@ across replicas, by the optimizer.
 """
 
 import dataclasses
-import math
 import warnings
 
 import keras
-import numpy as np
 
 from keras_sam import _keras
 from keras_sam.core import tensorflow as backend_step
@@ -35,32 +33,12 @@ from keras_sam.model_classes import functional_variant
 from keras_sam.model_classes import is_functional_call
 from keras_sam.model_classes import resolve_class
 from keras_sam.options import SAMOptions
+from keras_sam.options import check_rho  # noqa: F401 (keras_sam.model.check_rho)
 from keras_sam.sam_state import SAMGradients
 from keras_sam.sam_state import SAMState
 from keras_sam.sam_state import warn_if_sam_unused
 
 Functional = _keras.Functional
-
-
-def check_rho(rho) -> float:
-    """Validates the neighbourhood size `rho` and returns it as a float."""
-    if isinstance(rho, (bool, np.bool_)):
-        raise ValueError(
-            "`rho` must be a number >= 0, not a boolean (e.g. rho=0.05). "
-            f"Received: rho={rho!r}"
-        )
-    try:
-        value = float(rho)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"`rho` must be a non-negative number. Received: rho={rho!r}"
-        ) from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(
-            "`rho` must be a finite number >= 0 (0 gives the base "
-            f"optimizer; Foret et al. use 0.01-0.5). Received: rho={rho!r}"
-        )
-    return value
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")

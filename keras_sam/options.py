@@ -13,8 +13,31 @@ import math
 import numbers
 from typing import Optional
 
+import numpy as np
+
 from keras_sam import perturbation
 from keras_sam import sharding
+
+def check_rho(rho) -> float:
+    """Validates the neighbourhood size `rho` and returns it as a float."""
+    if isinstance(rho, (bool, np.bool_)):
+        raise ValueError(
+            "`rho` must be a number >= 0, not a boolean (e.g. rho=0.05). "
+            f"Received: rho={rho!r}"
+        )
+    try:
+        value = float(rho)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"`rho` must be a non-negative number. Received: rho={rho!r}"
+        ) from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(
+            "`rho` must be a finite number >= 0 (0 gives the base "
+            f"optimizer; Foret et al. use 0.01-0.5). Received: rho={rho!r}"
+        )
+    return value
+
 
 PERTURBATIONS = ("gradient", "random", "momentum")
 GRADIENT_RULES = ("sam", "logit", "jacobian")
