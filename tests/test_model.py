@@ -426,7 +426,12 @@ def test_functional_use_of_a_subclass_leaves_other_subclasses_intact(tmp_path):
 def _replica_moving_means(**sam_kwargs):
     """BatchNorm moving means of each of 2 replicas after one step."""
     keras.utils.set_random_seed(0)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    # Reduction to one device: collective ops share instance keys across the
+    # process's strategies, so one aborted elsewhere would fail this test.
+    strategy = tf.distribute.MirroredStrategy(
+        ["/cpu:0", "/cpu:1"],
+        cross_device_ops=tf.distribute.ReductionToOneDevice(),
+    )
     with strategy.scope():
         inputs = keras.Input((3,))
         normed = keras.layers.BatchNormalization()(
