@@ -7,6 +7,8 @@ import tensorflow as tf
 
 import keras_sam
 from tests import reference
+from tests.helpers import assert_weights_close  # noqa: F401 (re-used)
+from tests.helpers import weights_of  # noqa: F401 (re-used)
 
 RHO = 0.3
 LEARNING_RATE = 0.1
@@ -64,16 +66,6 @@ def build(form="functional", optimizer="sgd", jit_compile=False, **sam_kwargs):
         jit_compile=jit_compile,
     )
     return model
-
-
-def weights_of(model):
-    return [v.numpy() for v in model.trainable_variables]
-
-
-def assert_weights_close(actual, expected, atol=1e-6):
-    assert len(actual) == len(expected)
-    for a, e in zip(actual, expected):
-        np.testing.assert_allclose(a, np.asarray(e), atol=atol, rtol=1e-5)
 
 
 @pytest.mark.parametrize("form", ["functional", "subclass", "wrapped"])
