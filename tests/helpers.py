@@ -6,6 +6,7 @@ network is `tests/reference.py`'s, the independent hand-written SAM.
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 import keras_sam
 from tests import reference
@@ -56,3 +57,19 @@ def max_difference(a, b):
     """The largest absolute difference between two lists of weights."""
     return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
                for x, y in zip(a, b))
+
+
+def mirrored(replicas=2):
+    """A MirroredStrategy over the first `replicas` logical CPUs, without
+    collective ops.
+
+    Collective ops in one process share instance keys across strategies, so
+    one collective aborted by an earlier test (a refused setting, a group
+    size that changed) fails every later collective in that process;
+    `ReductionToOneDevice` all-reduces without them, with the same result.
+    Tests that need collectives on purpose build their own strategy.
+    """
+    return tf.distribute.MirroredStrategy(
+        [f"/cpu:{i}" for i in range(replicas)],
+        cross_device_ops=tf.distribute.ReductionToOneDevice(),
+    )

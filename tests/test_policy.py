@@ -15,12 +15,13 @@ import pytest
 import tensorflow as tf
 
 from tests import reference
-from tests.test_model import LEARNING_RATE
-from tests.test_model import RHO
-from tests.test_model import assert_weights_close
-from tests.test_model import build
-from tests.test_model import initial_weights
-from tests.test_model import weights_of
+from tests.helpers import LEARNING_RATE
+from tests.helpers import RHO
+from tests.helpers import assert_weights_close
+from tests.helpers import build
+from tests.helpers import initial_weights
+from tests.helpers import mirrored
+from tests.helpers import weights_of
 
 STEPS = 4
 MOMENTUM = 0.9
@@ -119,8 +120,7 @@ def hand_run(rule, x, y, replicas=1, momentum=None, steps=STEPS):
 def keras_run(replicas=1, momentum=None, steps=STEPS, **sam_kwargs):
     x, y = reference.tiny_data()
     strategy = (
-        tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-        if replicas == 2 else tf.distribute.get_strategy()
+        mirrored(2) if replicas == 2 else tf.distribute.get_strategy()
     )
     with strategy.scope():
         model = build(rho=RHO, **sam_kwargs)

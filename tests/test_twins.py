@@ -22,6 +22,7 @@ from keras import layers
 from keras import ops
 
 import keras_sam
+from tests.helpers import mirrored
 from tests.twins import PLAIN
 from tests.twins import SAM_ONLY_KEYS
 from tests.twins import Flavour
@@ -673,7 +674,7 @@ def test_mixed_precision(mixed_float16, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("rho", [0.0, RHO])
 def test_mirrored_strategy(rho):
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = mirrored(2)
     twins = run_twins(mlp, fit_with(X, Y), DATA, rho=rho, strategy=strategy)
     if rho == 0.0:
         twins.assert_equal(atol=1e-5)
