@@ -52,7 +52,10 @@ class SAMState:
 
     def logs(self) -> dict:
         return {
-            "rho": keras.ops.convert_to_tensor(self.rho.value),
+            # A copy, not `convert_to_tensor`: eagerly (run_eagerly=True)
+            # that returns the variable itself, which Keras' eager step
+            # cannot pass through its tf.experimental.Optional.
+            "rho": keras.ops.copy(self.rho),
             "grad_norm": self.grad_norm.result(),
             "sharpness": self.sharpness.result(),
         }

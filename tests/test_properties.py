@@ -167,12 +167,6 @@ def test_one_step_matches_the_hand_computation(problem):
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug, open: with run_eagerly=True a SAMModel step fails "
-    "creating a resource variable from the rho handle ('NoneType' object has "
-    "no attribute 'is_set'); graph and XLA steps are covered by the twins",
-)
 @settings(PROPERTY_SETTINGS, max_examples=6)
 @given(problems(rho=0.0))
 def test_rho_zero_is_the_base_optimizer(problem):

@@ -443,6 +443,7 @@ PATTERNS = {
         mlp, fit_with(X, Y, {"steps_per_execution": 2})
     ),
     "jit_compile_true": Pattern(mlp, fit_with(X, Y, {"jit_compile": True})),
+    "run_eagerly": Pattern(mlp, fit_with(X, Y, {"run_eagerly": True})),
     "jit_compile_false": Pattern(
         mlp, fit_with(X, Y, {"jit_compile": False})
     ),

@@ -420,3 +420,40 @@ def test_variant_options_survive_a_keras_round_trip(tmp_path):
     model.save(path)
     loaded = keras.models.load_model(path)
     assert loaded.sam_options == model.sam_options
+
+
+EAGER_VARIANTS = {
+    "sam": {},
+    "m2": {"m": 2},
+    "m1": {"m": 1},
+    "every2_looksam": {"sam_every": 2, "off_step": "looksam"},
+    "adaptive_trigger": {"trigger": "adaptive"},
+    "momentum": {"perturbation": "momentum"},
+    "random": {"perturbation": "random"},
+    "asam_fisher": {"adaptive": True, "mask": "fisher",
+                    "perturbed_fraction": 0.5},
+    "two_ascent_steps": {"ascent_steps": 2},
+}
+
+
+@pytest.mark.parametrize("name", sorted(EAGER_VARIANTS))
+def test_run_eagerly_trains_as_the_compiled_step(name):
+    """`compile(run_eagerly=True)` runs the same step: same weights, same
+    dropout draws, for every variant (with a remainder batch)."""
+    x = np.random.RandomState(0).rand(10, 3).astype("float32")
+    y = x.sum(axis=1, keepdims=True)
+    trained = []
+    for run_eagerly in (True, False):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((3,))
+        hidden = keras.layers.Dense(4, activation="relu")(inputs)
+        hidden = keras.layers.Dropout(0.2, seed=1)(hidden)
+        model = keras_sam.SAMModel(
+            inputs, keras.layers.Dense(1)(hidden), rho=RHO,
+            **EAGER_VARIANTS[name],
+        )
+        model.compile(keras.optimizers.SGD(0.1, momentum=0.9), "mse",
+                      run_eagerly=run_eagerly)
+        model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+        trained.append(model.get_weights())
+    assert_weights_close(trained[0], trained[1], atol=1e-6)
