@@ -8,6 +8,7 @@ it here only.
 
 import contextlib
 
+import keras
 from keras.src.losses import loss as _loss_module
 from keras.src.models.functional import Functional  # noqa: F401
 from keras.src.random import seed_generator as _seed_generator
@@ -57,6 +58,16 @@ def unscale_loss_for_distribution(value):
     No public API (keras/src/losses/loss.py, since Keras 3.8).
     """
     return _loss_module.unscale_loss_for_distribution(value)
+
+
+def unscale_gradient_norm(model, norm):
+    """A gradient norm of the true local loss: undoes the optimizer's loss
+    scale (mixed precision, public `dynamic_scale`) and Keras' 1/replicas
+    loss scaling (`unscale_loss_for_distribution`)."""
+    scale = getattr(model.optimizer, "dynamic_scale", None)
+    if scale is not None:
+        norm = norm / keras.ops.cast(scale, "float32")
+    return unscale_loss_for_distribution(norm)
 
 
 def existing_global_seed_generator():

@@ -10,19 +10,28 @@ to first order, whose solution is the dual vector of the gradient (eq. 2):
 
 For p = 2 this is rho * g / ||g||_2 and for p = inf it is rho * sign(g). The
 norms are global: taken over all weight tensors together, as in the paper.
-Everything here is a pure function of tensors, so it is usable inside any
-`tf.function`, under XLA and in the replica context of any `tf.distribute`
-strategy.
+Everything here is a pure function of tensors written in `keras.ops`, so it
+runs on every Keras backend, inside a `tf.function`, under XLA and in the
+replica context of any `tf.distribute` strategy.
 """
 
 import math
 from typing import Optional, Sequence
 
-import tensorflow as tf
+from keras import ops
 
 # Added to every norm before dividing by it, so that a zero gradient gives a
 # zero perturbation rather than 0 / 0 = NaN.
 NORM_EPSILON = 1e-12
+
+
+def _float32(tensors) -> list:
+    return [ops.cast(t, "float32") for t in tensors]
+
+
+def _sum(scalars):
+    """The sum of a list of scalar tensors (`tf.add_n` in `keras.ops`)."""
+    return ops.sum(ops.stack(scalars))
 
 
 def check_p(p: float) -> float:
@@ -46,27 +55,26 @@ def check_p(p: float) -> float:
     return p
 
 
-def global_norm(tensors: Sequence[Optional[tf.Tensor]], p: float = 2.0):
+def global_norm(tensors: Sequence[Optional[object]], p: float = 2.0):
     """The p-norm of a list of tensors taken as one flat vector, in float32.
 
     `None` entries (weights that do not influence the loss) count as zeros.
 
-    >>> float(global_norm([tf.constant([3.0]), tf.constant([[4.0]])]))
+    >>> float(global_norm([ops.array([3.0]), ops.array([[4.0]])]))
     5.0
     """
-    parts = [tf.cast(t, tf.float32) for t in tensors if t is not None]
+    parts = _float32(t for t in tensors if t is not None)
     if not parts:
-        return tf.constant(0.0, tf.float32)
+        return ops.convert_to_tensor(0.0, "float32")
     if math.isinf(p):
-        maxima = [tf.reduce_max(tf.abs(t)) for t in parts]
-        return tf.reduce_max(tf.stack(maxima))
+        return ops.max(ops.stack([ops.max(ops.abs(t)) for t in parts]))
     if p == 2.0:
-        return tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(t)) for t in parts]))
-    total = tf.add_n([tf.reduce_sum(tf.abs(t) ** p) for t in parts])
-    return total ** (1.0 / p)
+        return ops.sqrt(_sum([ops.sum(ops.square(t)) for t in parts]))
+    total = _sum([ops.sum(ops.power(ops.abs(t), p)) for t in parts])
+    return ops.power(total, 1.0 / p)
 
 
-def dual_vector(grads: Sequence[tf.Tensor], rho, p: float = 2.0) -> list:
+def dual_vector(grads: Sequence, rho, p: float = 2.0) -> list:
     """The first-order SAM perturbation eps for gradients `grads` (eq. 2).
 
     Args:
@@ -80,7 +88,7 @@ def dual_vector(grads: Sequence[tf.Tensor], rho, p: float = 2.0) -> list:
         `rho`; all zeros when the gradient is zero or not finite (so a
         float16 overflow in the ascent never reaches the weights).
 
-    >>> eps = dual_vector([tf.constant([3.0, 4.0])], rho=0.5)
+    >>> eps = dual_vector([ops.array([3.0, 4.0])], rho=0.5)
     >>> [round(float(e), 2) for e in eps[0]]
     [0.3, 0.4]
 
@@ -88,47 +96,48 @@ def dual_vector(grads: Sequence[tf.Tensor], rho, p: float = 2.0) -> list:
         Foret et al., "Sharpness-Aware Minimization for Efficiently
         Improving Generalization", ICLR 2021, section 2, equation 2.
     """
-    grads = [tf.cast(g, tf.float32) for g in grads]
-    rho = tf.cast(rho, tf.float32)
+    grads = _float32(grads)
+    rho = ops.cast(rho, "float32")
     if math.isinf(p):
         norm = global_norm(grads, p)  # only needed for the finiteness check
-        directions = [tf.sign(g) for g in grads]
+        directions = [ops.sign(g) for g in grads]
     elif p == 2.0:
         norm = global_norm(grads, 2.0)
         directions = [g / (norm + NORM_EPSILON) for g in grads]
     else:
         q = p / (p - 1.0)
         norm = global_norm(grads, q)
-        scale = norm ** (q / p) + NORM_EPSILON
+        scale = ops.power(norm, q / p) + NORM_EPSILON
         directions = [
-            tf.sign(g) * tf.abs(g) ** (q - 1.0) / scale for g in grads
+            ops.sign(g) * ops.power(ops.abs(g), q - 1.0) / scale
+            for g in grads
         ]
-    finite = tf.math.is_finite(norm)
+    finite = ops.isfinite(norm)
     return [
-        tf.where(finite, rho * d, tf.zeros_like(d)) for d in directions
+        ops.where(finite, rho * d, ops.zeros_like(d)) for d in directions
     ]
 
 
-def project(eps: Sequence[tf.Tensor], rho, p: float) -> list:
+def project(eps: Sequence, rho, p: float) -> list:
     """Projects `eps` onto the ball ||eps||_p <= rho (p = 2 or inf).
 
-    >>> [float(e) for e in project([tf.constant([3.0, 4.0])], 1.0, 2.0)[0]]
+    >>> [float(e) for e in project([ops.array([3.0, 4.0])], 1.0, 2.0)[0]]
     [0.6000000238418579, 0.800000011920929]
     """
-    rho = tf.cast(rho, tf.float32)
+    rho = ops.cast(rho, "float32")
     if math.isinf(p):
-        return [tf.clip_by_value(e, -rho, rho) for e in eps]
+        return [ops.clip(e, -rho, rho) for e in eps]
     if p != 2.0:
         raise ValueError(
             f"Projection is implemented for p=2 and p=inf. Received: p={p}"
         )
     norm = global_norm(eps, 2.0)
-    scale = tf.minimum(1.0, rho / (norm + NORM_EPSILON))
+    scale = ops.minimum(1.0, rho / (norm + NORM_EPSILON))
     return [e * scale for e in eps]
 
 
 def adaptive_scale(
-    weights: Sequence[tf.Tensor],
+    weights: Sequence,
     eta: float,
     names: Sequence[str],
     adapt_normalization: bool = True,
@@ -142,8 +151,8 @@ def adaptive_scale(
     `adapt_normalization=False` normalisation scales ("gamma") are left
     out too.
 
-    >>> [t.numpy().tolist() for t in adaptive_scale(
-    ...     [tf.constant([[-2.0]]), tf.constant([5.0]), tf.constant([-3.0])],
+    >>> [ops.convert_to_numpy(t).tolist() for t in adaptive_scale(
+    ...     [ops.array([[-2.0]]), ops.array([5.0]), ops.array([-3.0])],
     ...     eta=0.5, names=["kernel", "bias", "gamma"])]
     [[[2.5]], [1.0], [3.5]]
 
@@ -158,23 +167,14 @@ def adaptive_scale(
         return leaf not in fixed and not leaf.endswith("_bias")
 
     return [
-        tf.abs(tf.cast(w, tf.float32)) + eta
+        ops.abs(ops.cast(w, "float32")) + eta
         if adapted(name)
-        else tf.ones(w.shape, tf.float32)
+        else ops.ones(w.shape, "float32")
         for w, name in zip(weights, names)
     ]
 
 
-def random_directions(shapes: Sequence, seed: tf.Tensor) -> list:
-    """Standard normal tensors of `shapes`, from a stateless `seed` pair."""
-    seeds = tf.random.experimental.stateless_split(seed, num=len(shapes))
-    return [
-        tf.random.stateless_normal(shape, seeds[i], dtype=tf.float32)
-        for i, shape in enumerate(shapes)
-    ]
-
-
-def top_fraction_mask(scores: Sequence[tf.Tensor], fraction: float) -> list:
+def top_fraction_mask(scores: Sequence, fraction: float) -> list:
     """1.0 where a score is among the largest `fraction` of all scores.
 
     Used for Sparse SAM: the scores are squared gradients (a diagonal
@@ -182,22 +182,22 @@ def top_fraction_mask(scores: Sequence[tf.Tensor], fraction: float) -> list:
     scores' magnitudes count. No sort: the k-th largest score is found exactly
     by `kth_largest`'s bisection, so ties at it are all kept.
 
-    >>> [m.numpy().tolist() for m in top_fraction_mask(
-    ...     [tf.constant([1.0, 4.0]), tf.constant([3.0, 2.0])], 0.5)]
+    >>> [ops.convert_to_numpy(m).tolist() for m in top_fraction_mask(
+    ...     [ops.array([1.0, 4.0]), ops.array([3.0, 2.0])], 0.5)]
     [[0.0, 1.0], [1.0, 0.0]]
 
     References:
         Mi et al., "Make Sharpness-Aware Minimization Stronger: A Sparsified
         Perturbation Approach", NeurIPS 2022, section 3 (Fisher mask).
     """
-    scores = [tf.abs(tf.cast(s, tf.float32)) for s in scores]
-    size = sum(int(s.shape.num_elements()) for s in scores)
+    scores = [ops.abs(s) for s in _float32(scores)]
+    size = sum(math.prod(s.shape) for s in scores)
     count = max(int(round(fraction * size)), 1)
     threshold = kth_largest(scores, count)
-    return [tf.cast(s >= threshold, tf.float32) for s in scores]
+    return [ops.cast(s >= threshold, "float32") for s in scores]
 
 
-def kth_largest(values: Sequence[tf.Tensor], k: int) -> tf.Tensor:
+def kth_largest(values: Sequence, k: int):
     """The k-th largest of non-negative float32 `values`, without a sort.
 
     Non-negative floats order like their bit patterns read as int32, so a
@@ -205,24 +205,24 @@ def kth_largest(values: Sequence[tf.Tensor], k: int) -> tf.Tensor:
     values, finds the k-th largest exactly: O(31 n) elementwise work and
     no global sort (no concatenation of the weights either).
 
-    >>> float(kth_largest([tf.constant([0.5, 3.0]), tf.constant([2.0])], 2))
+    >>> float(kth_largest([ops.array([0.5, 3.0]), ops.array([2.0])], 2))
     2.0
     """
-    bits = [tf.bitcast(tf.cast(v, tf.float32), tf.int32) for v in values]
+    bits = [ops.view(v, "int32") for v in _float32(values)]
 
     def at_least(t):
-        counts = [tf.reduce_sum(tf.cast(b >= t, tf.int32)) for b in bits]
-        return tf.add_n(counts)
+        return _sum([ops.sum(ops.cast(b >= t, "int32")) for b in bits])
 
     def body(low, high):
         mid = low + (high - low + 1) // 2
         ok = at_least(mid) >= k
-        return tf.where(ok, mid, low), tf.where(ok, high, mid - 1)
+        return ops.where(ok, mid, low), ops.where(ok, high, mid - 1)
 
-    low, _ = tf.while_loop(
+    low, _ = ops.while_loop(
         lambda low, high: low < high,
         body,
-        (tf.constant(0, tf.int32), tf.constant(0x7F800000, tf.int32)),
+        (ops.convert_to_tensor(0, "int32"),
+         ops.convert_to_tensor(0x7F800000, "int32")),
         maximum_iterations=32,
     )
-    return tf.bitcast(low, tf.float32)
+    return ops.view(low, "float32")

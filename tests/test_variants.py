@@ -6,7 +6,6 @@ import pytest
 import tensorflow as tf
 
 import keras_sam
-from keras_sam import perturbation
 from keras_sam.core import step as core_step
 from keras_sam.core import tensorflow as core_tensorflow
 from tests import reference
@@ -102,7 +101,9 @@ def test_two_ascent_steps_project_onto_the_ball(p):
 def random_eps(model, weights):
     """The random eps of the model's next step (keras_sam.core.step)."""
     seeds = core_tensorflow._seeds(model, model.sam_options)
-    inputs = core_step.Inputs(seeds, [v.name for v in model.weights])
+    inputs = core_step.Inputs(
+        core_tensorflow._normal(seeds), [v.name for v in model.weights]
+    )
     return core_step.perturb(
         None, weights, None, None, model.sam_options, model.rho, inputs
     )
@@ -224,8 +225,9 @@ def random_z(seed, kind="random"):
         pair = fold(pair, 1)
     pair = fold(pair, 0)
     shapes = [w.shape for w in initial_weights()]
-    return [np.asarray(z, np.float64)
-            for z in perturbation.random_directions(shapes, pair)]
+    pairs = tf.random.experimental.stateless_split(pair, num=len(shapes))
+    return [np.asarray(tf.random.stateless_normal(s, p), np.float64)
+            for s, p in zip(shapes, pairs)]
 
 
 RANDOM = {

@@ -317,4 +317,4 @@ def _logit_rule(model, forward, batch, first_tape, first_outputs):
 
 def _unscaled_mean_norm(model, norms):
     """The mean ||g_i||, undoing loss and replica scaling."""
-    return step.unscale_norm(model, tf.reduce_mean(norms))
+    return _keras.unscale_gradient_norm(model, tf.reduce_mean(norms))

@@ -182,7 +182,7 @@ def ae_sam_trigger(options, state, grad_norm, iterations):
     return x >= mean + c * tf.sqrt(variance)
 
 
-def kept_mask(options, state, grads, weights, seeds, iterations):
+def kept_mask(options, state, grads, weights, normal, iterations):
     """The Sparse SAM mask kept in `state`, recomputed every
     `mask_update_every` steps; None when it is not kept."""
     if state is None or state.mask is None:
@@ -190,7 +190,7 @@ def kept_mask(options, state, grads, weights, seeds, iterations):
     every = tf.cast(options.mask_update_every, iterations.dtype)
 
     def fresh():
-        mask = step.compute_mask(grads, weights, options, seeds)
+        mask = step.compute_mask(grads, weights, options, normal)
         for variable, value in zip(state.mask, mask):
             variable.assign(value)
         return mask

@@ -16,9 +16,8 @@ vector in the p-ball, and projected ascent steps.
 
 from typing import Any, Callable, NamedTuple, Optional
 
-import tensorflow as tf
+from keras import ops
 
-from keras_sam import _keras
 from keras_sam import perturbation as pert
 
 
@@ -36,7 +35,7 @@ class Pass(NamedTuple):
 class Inputs(NamedTuple):
     """What the pipeline needs besides the weights, batch and gradient."""
 
-    seeds: Callable  # seeds(kind) -> [2] int32 stateless seed
+    normal: Callable  # normal(shapes, kind) -> N(0, 1) draws of this step
     names: list  # the weights' variable names (ASAM adapts by name)
     mask: Optional[Callable] = None  # grads -> a kept Sparse SAM mask or None
     momentum: Optional[list] = None  # Momentum-SAM's v (gradient-like)
@@ -60,7 +59,7 @@ def perturb(evaluate, weights, batch, grads, options, rho, inputs):
         grads: The gradient at w (None for "random" and "momentum").
         options: A `SAMOptions`.
         rho: Scalar tensor, the radius.
-        inputs: `Inputs`: seeds, names, a kept mask, the momentum.
+        inputs: `Inputs`: random draws, names, a kept mask, the momentum.
 
     References:
         Foret et al. 2021, eq. 2 and appendices C.5-C.6; Kwon et al.
@@ -70,19 +69,18 @@ def perturb(evaluate, weights, batch, grads, options, rho, inputs):
     """
     mask = None if inputs.mask is None else inputs.mask(grads)
     if mask is None:
-        mask = _mask(grads, weights, options, inputs.seeds)
+        mask = _mask(grads, weights, options, inputs.normal)
     scale = _adaptive(weights, options, inputs.names)
     scale = mask if scale is None else _times(scale, mask)
     if options.perturbation == "random":
-        d = pert.random_directions([w.shape for w in weights],
-                                   inputs.seeds("random"))
+        d = inputs.normal([w.shape for w in weights], "random")
         return _times(pert.dual_vector(_times(d, mask), rho, options.p), scale)
     source = grads
     if options.perturbation == "momentum":
-        source = [-tf.cast(v, tf.float32) for v in inputs.momentum]
+        source = [-ops.cast(v, "float32") for v in inputs.momentum]
 
     def ascent_direction(g):
-        scaled = _times([tf.cast(gi, tf.float32) for gi in g], scale)
+        scaled = _times([ops.cast(gi, "float32") for gi in g], scale)
         return pert.dual_vector(scaled, rho, options.p)
 
     u = ascent_direction(source)
@@ -109,21 +107,20 @@ def _times(tensors, scale) -> list:
     return [a * b for a, b in zip(tensors, scale)]
 
 
-def _mask(grads, weights, options, seeds) -> Optional[list]:
+def _mask(grads, weights, options, normal) -> Optional[list]:
     """Sparse SAM's 0/1 mask, None when dense (Mi et al. 2022)."""
     if options.perturbed_fraction >= 1.0:
         return None
-    return compute_mask(grads, weights, options, seeds)
+    return compute_mask(grads, weights, options, normal)
 
 
-def compute_mask(grads, weights, options, seeds) -> list:
+def compute_mask(grads, weights, options, normal) -> list:
     """The mask of the largest squared gradients (Fisher) or of a uniform
     random subset (|z| of a stateless draw), `perturbed_fraction` of all."""
     if options.mask == "fisher":
-        scores = [tf.square(tf.cast(g, tf.float32)) for g in grads]
+        scores = [ops.square(ops.cast(g, "float32")) for g in grads]
     else:
-        shapes = [w.shape for w in weights]
-        scores = pert.random_directions(shapes, seeds("mask"))
+        scores = normal([w.shape for w in weights], "mask")
     return pert.top_fraction_mask(scores, options.perturbed_fraction)
 
 
@@ -164,10 +161,10 @@ def looksam_direction(grads, sam_grads) -> list:
         Minimization", CVPR 2022, Algorithm 1 (g_v = g_s - ||g_s|| cos(theta)
         g/||g||).
     """
-    g = [tf.cast(t, tf.float32) for t in grads]
-    s = [tf.cast(t, tf.float32) for t in sam_grads]
-    dot = tf.add_n([tf.reduce_sum(a * b) for a, b in zip(g, s)])
-    coefficient = dot / (tf.square(pert.global_norm(g)) + pert.NORM_EPSILON)
+    g = [ops.cast(t, "float32") for t in grads]
+    s = [ops.cast(t, "float32") for t in sam_grads]
+    dot = ops.sum(ops.stack([ops.sum(a * b) for a, b in zip(g, s)]))
+    coefficient = dot / (ops.square(pert.global_norm(g)) + pert.NORM_EPSILON)
     return [b - coefficient * a for a, b in zip(g, s)]
 
 
@@ -180,26 +177,17 @@ def looksam_gradient(grads, direction, alpha) -> list:
     coefficient = alpha * norm / (pert.global_norm(direction)
                                   + pert.NORM_EPSILON)
     return [
-        g + tf.cast(coefficient * v, g.dtype) for g, v in zip(grads, direction)
+        g + ops.cast(coefficient * v, g.dtype) for g, v in zip(grads, direction)
     ]
 
 
 def add(weights, eps) -> list:
     """w + eps, each eps cast to its weight's dtype."""
-    return [w + tf.cast(e, w.dtype) for w, e in zip(weights, eps)]
+    return [w + ops.cast(e, w.dtype) for w, e in zip(weights, eps)]
 
 
 def zeros_for_none(grads, weights) -> list:
     """Zeros for weights the loss does not depend on (gradient None)."""
     return [
-        tf.zeros_like(w) if g is None else g for g, w in zip(grads, weights)
+        ops.zeros_like(w) if g is None else g for g, w in zip(grads, weights)
     ]
-
-
-def unscale_norm(model, norm):
-    """A gradient norm of the true local loss: undoes the optimizer's loss
-    scale (mixed precision) and Keras' 1/replicas loss scaling."""
-    scale = getattr(model.optimizer, "dynamic_scale", None)
-    if scale is not None:
-        norm = norm / tf.cast(scale, tf.float32)
-    return _keras.unscale_loss_for_distribution(norm)

@@ -164,7 +164,9 @@ def _whole_batch(model, evaluate, batch, options, rho, seeds, step_state):
     """
     weights = [v.value for v in model.trainable_variables]
     iterations = model.optimizer.iterations
-    inputs = step.Inputs(seeds, [v.name for v in model.trainable_variables])
+    inputs = step.Inputs(
+        _normal(seeds), [v.name for v in model.trainable_variables]
+    )
     if options.perturbation == "momentum":
         inputs = inputs._replace(
             momentum=policy.momentum_direction(step_state))
@@ -176,7 +178,7 @@ def _whole_batch(model, evaluate, batch, options, rho, seeds, step_state):
 
     def kept_mask(grads):
         return policy.kept_mask(
-            options, step_state, grads, weights, seeds, iterations
+            options, step_state, grads, weights, _normal(seeds), iterations
         )
 
     def sam():
@@ -242,7 +244,7 @@ def _grouped(model, evaluate, batch, options, rho, seeds, use_sam, m, state):
     n = sharding.batch_size(batch[0])
 
     def one_group(group):
-        inputs = step.Inputs(seeds, names)
+        inputs = step.Inputs(_normal(seeds), names)
         first = None
         if not options.second_order:
             first = step.first_pass(evaluate, weights, group, options)
@@ -385,9 +387,23 @@ def _seeds(model, options):
     return seeds
 
 
+def _normal(seeds):
+    """`normal(shapes, kind)`: standard normal draws from `seeds(kind)`."""
+
+    def normal(shapes, kind):
+        pairs = tf.random.experimental.stateless_split(seeds(kind),
+                                                       num=len(shapes))
+        return [
+            tf.random.stateless_normal(shape, pairs[i], dtype=tf.float32)
+            for i, shape in enumerate(shapes)
+        ]
+
+    return normal
+
+
 def _unscaled_norm(model, grads):
     """||g|| of the true local gradient (undo loss and replica scaling)."""
-    return step.unscale_norm(model, perturbation.global_norm(grads))
+    return _keras.unscale_gradient_norm(model, perturbation.global_norm(grads))
 
 
 def _stats_from(loss, loss_perturbed, grad_norm, use_sam) -> dict:
