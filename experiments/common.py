@@ -319,17 +319,7 @@ def run_methods(config, data, methods, labels, seed, strategy, noisy=None,
         row = {**columns, "method": method.label, "key": method.key,
                "seed": seed, **method.columns}
         try:
-            train_labels = labels
-            if method.bootstrap_from is not None:
-                first = trained.get(method.bootstrap_from)
-                if first is None:
-                    raise Skipped(
-                        f"it bootstraps from {method.bootstrap_from!r}, "
-                        "which did not run"
-                    )
-                train_labels = data_lib.predict_classes(
-                    first, data, data.x_train, config.eval_batch_size
-                )
+            train_labels = _labels_of(method, trained, labels, config, data)
             model, history, seconds = fit(
                 config, data, method, train_labels, seed, strategy, noisy
             )
@@ -344,13 +334,33 @@ def run_methods(config, data, methods, labels, seed, strategy, noisy=None,
             f"  {method.label:<24} best {summary['best_test_acc']:.4f} "
             f"final {summary['final_test_acc']:.4f} ({seconds:.1f} s)"
         )
-        for epoch in range(len(history["loss"])):
-            history_rows.append({
-                **columns, "method": method.label, "seed": seed,
-                **method.columns, "epoch": epoch + 1,
-                **{k: float(v[epoch]) for k, v in history.items()},
-            })
+        history_rows += _epoch_rows(history, {
+            **columns, "method": method.label, "seed": seed, **method.columns,
+        })
     return rows, history_rows
+
+
+def _labels_of(method, trained, labels, config, data):
+    """The labels `method` trains on: `labels`, or a trained model's."""
+    if method.bootstrap_from is None:
+        return labels
+    first = trained.get(method.bootstrap_from)
+    if first is None:
+        raise Skipped(
+            f"it bootstraps from {method.bootstrap_from!r}, which did not run"
+        )
+    return data_lib.predict_classes(
+        first, data, data.x_train, config.eval_batch_size
+    )
+
+
+def _epoch_rows(history, columns):
+    """One row per epoch of a Keras history: `columns`, epoch and logs."""
+    return [
+        {**columns, "epoch": epoch + 1,
+         **{k: float(v[epoch]) for k, v in history.items()}}
+        for epoch in range(len(history["loss"]))
+    ]
 
 
 def load_data(config, seed: int):

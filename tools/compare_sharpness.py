@@ -155,13 +155,23 @@ def measure(model, data, loss_fn, verbose) -> dict:
 def draw_landscapes(models, labels, data, loss_fn, output_dir, verbose):
     """The interpolation and the random slices, as files; their paths."""
     out = lambda name: os.path.join(output_dir, name)  # noqa: E731
-    batch, seed = _BATCH_SIZE.value, _SEED.value
-    paths = []
+    span = np.linspace(-_GRID_RANGE.value, _GRID_RANGE.value,
+                       _GRID_POINTS.value)
+    return (
+        _draw_interpolation(models, labels, data, loss_fn, out, verbose)
+        + _draw_slices_1d(models, labels, data, loss_fn, out, span)
+        + _draw_slices_2d(models, labels, data, loss_fn, out, span, verbose)
+    )
+
+
+def _draw_interpolation(models, labels, data, loss_fn, out, verbose):
+    """The loss on the segment between the two models (and beyond)."""
     curve = landscape.interpolate(
         models[0], models[1], data,
-        np.linspace(-0.5, 1.5, _INTERP_POINTS.value), loss_fn, batch, verbose,
+        np.linspace(-0.5, 1.5, _INTERP_POINTS.value), loss_fn,
+        _BATCH_SIZE.value, verbose,
     )
-    paths += plots.save_curves(
+    paths = plots.save_curves(
         out("interpolation"), curve.alphas, {"loss": curve.losses}
     )
     paths.append(plots.plot_curves(
@@ -173,34 +183,43 @@ def draw_landscapes(models, labels, data, loss_fn, output_dir, verbose):
             and curve.losses.max() > 100 * curve.losses.min()
         ),
     ))
-    span = np.linspace(-_GRID_RANGE.value, _GRID_RANGE.value,
-                       _GRID_POINTS.value)
+    return paths
+
+
+def _draw_slices_1d(models, labels, data, loss_fn, out, span):
+    """Each model's loss along one filter-normalised random direction."""
     slices = {
         label: landscape.random_slice_1d(
             model, data, np.linspace(span[0], span[-1], 2 * len(span) - 1),
-            seed=seed, loss_fn=loss_fn, batch_size=batch,
+            seed=_SEED.value, loss_fn=loss_fn, batch_size=_BATCH_SIZE.value,
         )
         for model, label in zip(models, labels)
     }
     alphas = slices[labels[0]].alphas
     curves = {label: s.losses for label, s in slices.items()}
-    paths += plots.save_curves(out("slice_1d"), alphas, curves)
+    paths = plots.save_curves(out("slice_1d"), alphas, curves)
     paths.append(plots.plot_curves(
         out("slice_1d.png"), alphas, curves,
         title="Filter-normalised random direction",
     ))
+    return paths
+
+
+def _draw_slices_2d(models, labels, data, loss_fn, out, span, verbose):
+    """Each model's 2-D slice, contour and surface on one colour scale."""
     surfaces = {}
     for model, label in zip(models, labels):
         if verbose:
             print(f"2-D slice of {label}: {len(span) ** 2} points", flush=True)
         surfaces[label] = landscape.random_slice_2d(
-            model, data, span, seed=seed, loss_fn=loss_fn, batch_size=batch,
-            verbose=verbose,
+            model, data, span, seed=_SEED.value, loss_fn=loss_fn,
+            batch_size=_BATCH_SIZE.value, verbose=verbose,
         )
     value_range = (
         min(s.losses.min() for s in surfaces.values()),
         max(s.losses.max() for s in surfaces.values()),
     )
+    paths = []
     for label, surface in surfaces.items():
         paths += plots.save_surface(out(f"surface_{label}"), surface)
         title = f"{label}: filter-normalised 2-D slice"
