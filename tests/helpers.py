@@ -27,16 +27,75 @@ def initial_weights(seed=0):
     return [rng.normal(scale=0.5, size=s).astype("float32") for s in shapes]
 
 
-def build(optimizer=None, **sam_kwargs):
-    """The reference network as a compiled functional SAMModel."""
-    hidden, logits = reference.tiny_layers()
-    inputs = keras.Input((reference.INPUT_DIM,))
-    model = keras_sam.SAMModel(inputs, logits(hidden(inputs)), **sam_kwargs)
+@keras.saving.register_keras_serializable(package="keras_sam_tests")
+class TinyNet(keras_sam.SAMModel):
+    """The reference network written as a SAMModel subclass."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden, self.logits = reference.tiny_layers()
+
+    def call(self, inputs):
+        return self.logits(self.hidden(inputs))
+
+
+class Subclassed(keras_sam.SAMModel):
+    """A lazily built SAMModel subclass: one Dense layer of 2 units."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(2)
+
+    def call(self, inputs):
+        return self.dense(inputs)
+
+
+OPTIMIZERS = {
+    "sgd": lambda: keras.optimizers.SGD(LEARNING_RATE),
+    "adam": lambda: keras.optimizers.Adam(LEARNING_RATE),
+}
+
+
+def build(form="functional", optimizer="sgd", jit_compile=False,
+          float32_outputs=False, **sam_kwargs):
+    """The reference network as a compiled SAMModel, with fixed weights.
+
+    `form`: "functional", "subclass" (`TinyNet`) or "wrapped"
+    (`SAMModel.from_model` of a Sequential). `optimizer`: "sgd" or "adam"
+    (learning rate `LEARNING_RATE`) or an optimizer instance.
+    `float32_outputs`: a float32 linear activation after the logits (the
+    output layer mixed precision wants). Compiled with the accuracy metric.
+    """
+    if form == "functional":
+        hidden, logits = reference.tiny_layers()
+        inputs = keras.Input((reference.INPUT_DIM,))
+        outputs = logits(hidden(inputs))
+        if float32_outputs:
+            outputs = keras.layers.Activation("linear", dtype="float32")(
+                outputs
+            )
+        model = keras_sam.SAMModel(inputs, outputs, **sam_kwargs)
+    elif float32_outputs:
+        raise ValueError(f"float32_outputs needs form='functional', not {form}")
+    elif form == "subclass":
+        model = TinyNet(**sam_kwargs)
+        model(np.zeros((1, reference.INPUT_DIM), "float32"))
+    elif form == "wrapped":
+        base = keras.Sequential(
+            [keras.Input((reference.INPUT_DIM,)), *reference.tiny_layers()]
+        )
+        model = keras_sam.SAMModel.from_model(base, **sam_kwargs)
+    else:
+        raise ValueError(form)
     for variable, value in zip(model.trainable_variables, initial_weights()):
         variable.assign(value)
+    if isinstance(optimizer, str):
+        optimizer = OPTIMIZERS[optimizer]()
     model.compile(
-        optimizer=optimizer or keras.optimizers.SGD(LEARNING_RATE),
+        optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        jit_compile=jit_compile,
     )
     return model
 

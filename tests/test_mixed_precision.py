@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import keras_sam
 from keras_sam import perturbation
 from tests import reference
+from tests.helpers import LEARNING_RATE
 from tests.helpers import assert_weights_close
+from tests.helpers import build
 from tests.helpers import initial_weights
 from tests.helpers import max_difference
 from tests.helpers import weights_of
 
 RHO = 0.5
-LEARNING_RATE = 0.1
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -32,23 +32,6 @@ def policy(request):
     keras.mixed_precision.set_dtype_policy(request.param)
     yield request.param
     keras.mixed_precision.set_dtype_policy("float32")
-
-
-def mixed_model(optimizer=None, rho=RHO):
-    """The reference network under the current policy, float32 logits."""
-    hidden, logits = reference.tiny_layers()
-    inputs = keras.Input((reference.INPUT_DIM,))
-    outputs = keras.layers.Activation("linear", dtype="float32")(
-        logits(hidden(inputs))
-    )
-    model = keras_sam.SAMModel(inputs, outputs, rho=rho)
-    for variable, value in zip(model.trainable_variables, initial_weights()):
-        variable.assign(value)
-    model.compile(
-        optimizer=optimizer or keras.optimizers.SGD(LEARNING_RATE),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    return model
 
 
 def global_norm(tensors):
@@ -62,7 +45,7 @@ def global_norm(tensors):
 )
 def test_one_step_matches_float32_sam(policy, atol):
     x, y = reference.tiny_data()
-    model = mixed_model()
+    model = build(rho=RHO, float32_outputs=True)
     assert model.layers[1].compute_dtype == policy.split("_")[1]
     logs = model.fit(x, y, batch_size=8, shuffle=False, verbose=0).history
     wrapped = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
@@ -134,7 +117,7 @@ def test_overflowing_ascent_gives_zero_eps_and_a_skipped_step(policy):
         initial_scale=2.0**15,
         dynamic_growth_steps=2,
     )
-    model = mixed_model(optimizer)
+    model = build(optimizer=optimizer, rho=RHO, float32_outputs=True)
     recorder = Recorder()
     model.fit(x, y, sample_weight=sample_weight, batch_size=8,
               shuffle=False, verbose=0, callbacks=[recorder])
@@ -164,7 +147,7 @@ def test_overflowing_ascent_gives_zero_eps_and_a_skipped_step(policy):
 def test_nan_batch_is_skipped_and_terminate_on_nan_stops(policy):
     x, y = reference.tiny_data(n=24)
     x[9, 1] = np.nan  # second batch
-    model = mixed_model()
+    model = build(rho=RHO, float32_outputs=True)
     recorder = Recorder()
     history = model.fit(
         x, y, batch_size=8, epochs=2, shuffle=False, verbose=0,
@@ -182,7 +165,7 @@ def test_nan_batch_is_skipped_and_terminate_on_nan_stops(policy):
 @pytest.mark.parametrize("policy", ["mixed_float16"], indirect=True)
 def test_epoch_statistics_ignore_a_skipped_overflow_step(policy):
     x, y, sample_weight = overflowing_batches()
-    model = mixed_model()
+    model = build(rho=RHO, float32_outputs=True)
     logs = model.fit(x, y, sample_weight=sample_weight, batch_size=8,
                      shuffle=False, verbose=0).history
     # The first step overflows at the initial scale 2**15, as the first

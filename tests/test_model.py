@@ -7,65 +7,14 @@ import tensorflow as tf
 
 import keras_sam
 from tests import reference
-from tests.helpers import assert_weights_close  # noqa: F401 (re-used)
-from tests.helpers import weights_of  # noqa: F401 (re-used)
-
-RHO = 0.3
-LEARNING_RATE = 0.1
-
-
-@keras.saving.register_keras_serializable(package="keras_sam_tests")
-class TinyNet(keras_sam.SAMModel):
-    """The reference network written as a SAMModel subclass."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.hidden, self.logits = reference.tiny_layers()
-
-    def call(self, inputs):
-        return self.logits(self.hidden(inputs))
-
-
-def initial_weights(seed=0):
-    rng = np.random.default_rng(seed)
-    shapes = [
-        (reference.INPUT_DIM, reference.HIDDEN),
-        (reference.HIDDEN,),
-        (reference.HIDDEN, reference.CLASSES),
-        (reference.CLASSES,),
-    ]
-    return [rng.normal(scale=0.5, size=s).astype("float32") for s in shapes]
-
-
-def build(form="functional", optimizer="sgd", jit_compile=False, **sam_kwargs):
-    """The reference network as a compiled SAMModel, with fixed weights."""
-    if form == "functional":
-        hidden, logits = reference.tiny_layers()
-        inputs = keras.Input((reference.INPUT_DIM,))
-        model = keras_sam.SAMModel(inputs, logits(hidden(inputs)), **sam_kwargs)
-    elif form == "subclass":
-        model = TinyNet(**sam_kwargs)
-        model(np.zeros((1, reference.INPUT_DIM), "float32"))
-    elif form == "wrapped":
-        base = keras.Sequential(
-            [keras.Input((reference.INPUT_DIM,)), *reference.tiny_layers()]
-        )
-        model = keras_sam.SAMModel.from_model(base, **sam_kwargs)
-    else:
-        raise ValueError(form)
-    for variable, value in zip(model.trainable_variables, initial_weights()):
-        variable.assign(value)
-    optimizers = {
-        "sgd": lambda: keras.optimizers.SGD(LEARNING_RATE),
-        "adam": lambda: keras.optimizers.Adam(LEARNING_RATE),
-    }
-    model.compile(
-        optimizer=optimizers[optimizer](),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-        jit_compile=jit_compile,
-    )
-    return model
+from tests.helpers import LEARNING_RATE
+from tests.helpers import RHO
+from tests.helpers import TinyNet
+from tests.helpers import assert_weights_close
+from tests.helpers import build
+from tests.helpers import initial_weights
+from tests.helpers import mirrored
+from tests.helpers import weights_of
 
 
 @pytest.mark.parametrize("form", ["functional", "subclass", "wrapped"])
@@ -149,11 +98,9 @@ def test_rho_zero_reproduces_the_base_optimizer(dropout):
         assert_weights_close(train(sam=True, rho=RHO), plain, atol=1e-4)
 
 
-@pytest.mark.parametrize("group_size", [1, 2, 4])
-def test_m_groups_within_one_device(group_size):
-    x, y = reference.tiny_data(n=8)
-    model = build(rho=RHO, m=group_size)
-    model.fit(x, y, batch_size=8, shuffle=False, verbose=0)
+def assert_one_grouped_sam_step(model, x, y, group_size):
+    """Asserts the model made one SGD step with the SAM gradient of groups
+    of `group_size` (one eps each), not with the whole batch's."""
     g = reference.grouped_sam_gradient(initial_weights(), x, y, RHO, group_size)
     expected = reference.sgd_update(initial_weights(), g, LEARNING_RATE)
     assert_weights_close(weights_of(model), expected)
@@ -163,34 +110,29 @@ def test_m_groups_within_one_device(group_size):
         assert_weights_close(weights_of(model), full_batch, atol=1e-5)
 
 
+@pytest.mark.parametrize("group_size", [1, 2, 4])
+def test_m_groups_within_one_device(group_size):
+    x, y = reference.tiny_data(n=8)
+    model = build(rho=RHO, m=group_size)
+    model.fit(x, y, batch_size=8, shuffle=False, verbose=0)
+    assert_one_grouped_sam_step(model, x, y, group_size)
+
+
 @pytest.mark.parametrize(
     "replicas, group_size", [(2, None), (4, None), (2, 2)]
 )
 def test_mirrored_strategy_perturbs_per_replica(replicas, group_size):
     x, y = reference.tiny_data(n=8)
-    devices = [f"/cpu:{i}" for i in range(replicas)]
-    # ReductionToOneDevice: collective ops cannot mix group sizes in one
-    # process, and the tests use 2 and 4 replicas.
-    strategy = tf.distribute.MirroredStrategy(
-        devices, cross_device_ops=tf.distribute.ReductionToOneDevice()
-    )
-    with strategy.scope():
+    # ReductionToOneDevice (helpers.mirrored): collective ops cannot mix
+    # group sizes in one process, and the tests use 2 and 4 replicas.
+    with mirrored(replicas).scope():
         model = build(rho=RHO, m=group_size)
     model.fit(x, y, batch_size=8, shuffle=False, verbose=0)
 
     # Each replica gets a contiguous slice of the global batch and computes
     # its own eps; the optimizer applies the mean of the replicas' g_sam.
     per_replica = len(y) // replicas
-    g = reference.grouped_sam_gradient(
-        initial_weights(), x, y, RHO, group_size or per_replica
-    )
-    expected = reference.sgd_update(initial_weights(), g, LEARNING_RATE)
-    assert_weights_close(weights_of(model), expected)
-
-    full = reference.sam_gradient(initial_weights(), x, y, RHO)
-    full_batch = reference.sgd_update(initial_weights(), full, LEARNING_RATE)
-    with pytest.raises(AssertionError):
-        assert_weights_close(weights_of(model), full_batch, atol=1e-5)
+    assert_one_grouped_sam_step(model, x, y, group_size or per_replica)
 
 
 def test_jit_and_steps_per_execution_match_the_eager_graph():
@@ -335,11 +277,7 @@ def test_an_empty_replica_batch_gives_no_nan():
     x, y = reference.tiny_data(n=5)
     # Reduction to one device: no collective ops, whose instance keys this
     # process's later MirroredStrategy tests would share.
-    strategy = tf.distribute.MirroredStrategy(
-        ["/cpu:0", "/cpu:1"],
-        cross_device_ops=tf.distribute.ReductionToOneDevice(),
-    )
-    with strategy.scope():
+    with mirrored(2).scope():
         model = build(rho=RHO, m=2)
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
     model.fit(data, verbose=0)
@@ -420,11 +358,7 @@ def _replica_moving_means(**sam_kwargs):
     keras.utils.set_random_seed(0)
     # Reduction to one device: collective ops share instance keys across the
     # process's strategies, so one aborted elsewhere would fail this test.
-    strategy = tf.distribute.MirroredStrategy(
-        ["/cpu:0", "/cpu:1"],
-        cross_device_ops=tf.distribute.ReductionToOneDevice(),
-    )
-    with strategy.scope():
+    with mirrored(2).scope():
         inputs = keras.Input((3,))
         normed = keras.layers.BatchNormalization()(
             keras.layers.Dense(4)(inputs)

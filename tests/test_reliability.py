@@ -18,6 +18,7 @@ import keras_sam
 from tests import reference
 from tests.helpers import LEARNING_RATE
 from tests.helpers import RHO
+from tests.helpers import Subclassed
 from tests.helpers import assert_weights_close
 from tests.helpers import build
 from tests.helpers import initial_weights
@@ -46,7 +47,7 @@ def test_gradient_accumulation_applies_the_mean_sam_gradient(group_size):
     optimizer = keras.optimizers.SGD(
         LEARNING_RATE, momentum=MOMENTUM, gradient_accumulation_steps=k
     )
-    model = build(optimizer, rho=RHO, m=group_size)
+    model = build(optimizer=optimizer, rho=RHO, m=group_size)
     model.fit(x, y, batch_size=micro, shuffle=False, verbose=0)
 
     weights = initial_weights()
@@ -74,7 +75,9 @@ def test_gradient_accumulation_applies_the_mean_sam_gradient(group_size):
 def test_accumulation_equals_m_sharpness_with_m_the_micro_batch():
     x, y = reference.tiny_data(n=8)
     accumulated = build(
-        keras.optimizers.SGD(LEARNING_RATE, gradient_accumulation_steps=2),
+        optimizer=keras.optimizers.SGD(
+            LEARNING_RATE, gradient_accumulation_steps=2
+        ),
         rho=RHO,
     )
     accumulated.fit(x, y, batch_size=4, shuffle=False, verbose=0)
@@ -115,7 +118,7 @@ def sam_gradient_with_clipped_ascent(weights, x, y, kind, threshold):
 def test_clipping_applies_to_the_final_sam_gradient_only(kind, threshold):
     x, y = reference.tiny_data()
     optimizer = keras.optimizers.SGD(LEARNING_RATE, **{kind: threshold})
-    model = build(optimizer, rho=RHO)
+    model = build(optimizer=optimizer, rho=RHO)
     model.fit(x, y, batch_size=len(y), shuffle=False, verbose=0)
 
     w0 = initial_weights()
@@ -147,7 +150,7 @@ SETTINGS = [
 def test_keras_file_in_safe_mode_resumes_training_exactly(settings, tmp_path):
     x, y = reference.tiny_data(n=16)
     optimizer = keras.optimizers.SGD(LEARNING_RATE, momentum=MOMENTUM)
-    model = build(optimizer, **settings)
+    model = build(optimizer=optimizer, **settings)
     model.fit(x, y, batch_size=8, shuffle=False, verbose=0)
     model.rho.assign(0.123)  # as a RhoScheduler would have
     path = str(tmp_path / "model.keras")
@@ -269,15 +272,6 @@ def wrapped(**kwargs):
         [keras.Input((reference.INPUT_DIM,)), keras.layers.Dense(2)]
     )
     return keras_sam.SAMModel.from_model(base, **kwargs)
-
-
-class Subclassed(keras_sam.SAMModel):
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.dense = keras.layers.Dense(2)
-
-    def call(self, inputs):
-        return self.dense(inputs)
 
 
 # (argument, bad value, words of the fix that the message must contain)

@@ -9,12 +9,12 @@ import keras_sam
 from keras_sam.core import step as core_step
 from keras_sam.core import tensorflow as core_tensorflow
 from tests import reference
-from tests.test_model import LEARNING_RATE
-from tests.test_model import RHO
-from tests.test_model import assert_weights_close
-from tests.test_model import build
-from tests.test_model import initial_weights
-from tests.test_model import weights_of
+from tests.helpers import LEARNING_RATE
+from tests.helpers import RHO
+from tests.helpers import assert_weights_close
+from tests.helpers import build
+from tests.helpers import initial_weights
+from tests.helpers import weights_of
 
 
 def one_step(**sam_kwargs):
