@@ -49,9 +49,11 @@ def trainable_values(model):
 
 
 def linear_model(rho=0.5, cls=keras_sam.SAMModel):
+    """A linear regression model; `cls=keras.Model` gives a plain one."""
     inputs = keras.Input((3,))
     outputs = keras.layers.Dense(1)(inputs)
-    model = cls(inputs, outputs, rho=rho)
+    kwargs = {} if cls is keras.Model else {"rho": rho}
+    model = cls(inputs, outputs, **kwargs)
     model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse")
     return model
 
@@ -191,12 +193,10 @@ def test_rho_scheduler_rejects_bad_values(regression, value, match):
 
 def test_rho_scheduler_needs_a_model_with_rho(regression):
     x, y = regression
-    inputs = keras.Input((3,))
-    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
-    model.compile(optimizer="sgd", loss="mse")
     with pytest.raises(ValueError, match="needs a model with a `rho`"):
-        model.fit(x, y, epochs=1, verbose=0,
-                  callbacks=[RhoScheduler(schedules.Constant(0.1))])
+        linear_model(cls=keras.Model).fit(
+            x, y, epochs=1, verbose=0,
+            callbacks=[RhoScheduler(schedules.Constant(0.1))])
 
 
 @pytest.mark.parametrize(
@@ -250,11 +250,9 @@ def test_sharpness_logger_records_the_steps_own_values(regression, tmp_path):
 
 def test_sharpness_logger_needs_sam_metrics(regression):
     x, y = regression
-    inputs = keras.Input((3,))
-    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
-    model.compile(optimizer="sgd", loss="mse")
     with pytest.raises(ValueError, match="grad_norm"):
-        model.fit(x, y, epochs=1, verbose=0, callbacks=[SharpnessLogger()])
+        linear_model(cls=keras.Model).fit(
+            x, y, epochs=1, verbose=0, callbacks=[SharpnessLogger()])
 
 
 # ----------------------------------------------------------- NoiseMonitor
