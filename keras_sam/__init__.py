@@ -3,8 +3,9 @@
 The folder tree is the design, one layer per folder:
 
 - core step: `model.py` (`SAMModel`, the Keras integration) + `core/` (the
-  SAM step as functions; `core/tensorflow.py` the one backend module),
-  with `options.py`, `perturbation.py` (eq. 2) and `sharding.py` (m-groups);
+  SAM step as functions in `keras.ops`, m-groups in `core/groups.py`;
+  `core/tensorflow.py` the one backend module), with `options.py` and
+  `perturbation.py` (eq. 2);
 - training aids: `schedules.py` (rho schedules) and `callbacks/`;
 - label noise and bootstrapping: `noise/`;
 - tuning rho with KerasTuner: `tuning/` (the `tuning` extra);
@@ -14,8 +15,8 @@ The folder tree is the design, one layer per folder:
 - `_keras.py`: the one place for private Keras API.
 `regularization.py` is Baek et al.'s regularised-SGD baseline, `datasets.py`
 the docs' example data. `hessian`, `sharpness`, `landscape`,
-`landscape_plots`, `bootstrap`, `tuner` and `hypermodel` are old import
-paths that re-export from the subpackages.
+`landscape_plots`, `bootstrap`, `tuner`, `hypermodel` and `sharding` are old
+import paths that re-export from the subpackages.
 """
 
 # First: says which TensorFlow to install when none is (see _optional).

@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 
 from keras_sam import perturbation
-from keras_sam import sharding
+from keras_sam.core import groups
 
 def check_rho(rho) -> float:
     """Validates the neighbourhood size `rho` and returns it as a float."""
@@ -133,7 +133,7 @@ class SAMOptions:
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)
-        set_("m", sharding.check_m(self.m))
+        set_("m", groups.check_m(self.m))
         set_("p", perturbation.check_p(self.p))
         for name, choices in (
             ("perturbation", PERTURBATIONS),

@@ -33,6 +33,8 @@ OLD_PATHS = {
                         ["grid_search", "bayesian_search", "PAPER_GRID"]),
     "keras_sam.hypermodel": ("keras_sam.tuning.space",
                              ["PAPER_GRID", "check_rho_values"]),
+    "keras_sam.sharding": ("keras_sam.core.groups",
+                           ["map_groups", "split_into_groups", "check_m"]),
 }
 
 

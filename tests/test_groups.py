@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import keras_sam
-from keras_sam import sharding
+from keras_sam.core import groups as m_groups
 
 
 def test_split_and_merge_round_trip_nested_batches():
@@ -14,21 +14,21 @@ def test_split_and_merge_round_trip_nested_batches():
         "x": tf.reshape(tf.range(24.0), (6, 2, 2)),
         "y": tf.range(6),
     }
-    groups = sharding.split_into_groups(batch, 3)
+    groups = m_groups.split_into_groups(batch, 3)
     assert groups["x"].shape == (2, 3, 2, 2)
     np.testing.assert_array_equal(groups["y"].numpy(), [[0, 1, 2], [3, 4, 5]])
-    merged = sharding.merge_groups(groups)
+    merged = m_groups.merge_groups(groups)
     np.testing.assert_array_equal(merged["x"].numpy(), batch["x"].numpy())
 
 
 def test_static_batch_not_divisible_by_m_is_an_error():
     with pytest.raises(ValueError, match="not divisible by m=4"):
-        sharding.split_into_groups(tf.zeros((6, 2)), 4)
+        m_groups.split_into_groups(tf.zeros((6, 2)), 4)
 
 
 def test_dynamic_batch_not_divisible_by_m_fails_at_run_time():
     split = tf.function(
-        lambda t: sharding.split_into_groups(t, 4),
+        lambda t: m_groups.split_into_groups(t, 4),
         input_signature=[tf.TensorSpec([None, 2])],
     )
     assert split(tf.zeros((8, 2))).shape == (2, 4, 2)
@@ -39,7 +39,7 @@ def test_dynamic_batch_not_divisible_by_m_fails_at_run_time():
 @pytest.mark.parametrize("m", [0, -1, 1.5, True, "2"])
 def test_check_m_rejects_bad_values(m):
     with pytest.raises(ValueError, match="`m` must be a positive integer"):
-        sharding.check_m(m)
+        m_groups.check_m(m)
 
 
 # --------------------------------------------------------------- map_groups
@@ -121,7 +121,7 @@ def assert_structures_close(actual, expected):
 
 
 @pytest.mark.parametrize("make_fn", [conv_fn, dense_fn])
-@pytest.mark.parametrize("strategy", sharding.STRATEGIES)
+@pytest.mark.parametrize("strategy", m_groups.STRATEGIES)
 @pytest.mark.parametrize("jit", [False, True])
 def test_every_strategy_computes_fn_on_each_group(
     problem, make_fn, strategy, jit
@@ -129,7 +129,7 @@ def test_every_strategy_computes_fn_on_each_group(
     groups, weights = problem
     fn = make_fn(weights)
     mapped = tf.function(
-        lambda g: sharding.map_groups(fn, g, strategy=strategy),
+        lambda g: m_groups.map_groups(fn, g, strategy=strategy),
         jit_compile=jit,
     )
     assert_structures_close(mapped(groups), one_by_one(fn, groups))
@@ -137,7 +137,7 @@ def test_every_strategy_computes_fn_on_each_group(
 
 def graph_op_types(fn, groups, **kwargs):
     """Op types of the graph of `map_groups(fn, groups, **kwargs)`."""
-    traced = tf.function(lambda g: sharding.map_groups(fn, g, **kwargs))
+    traced = tf.function(lambda g: m_groups.map_groups(fn, g, **kwargs))
     graph = traced.get_concrete_function(groups).graph
     return [op.type for op in graph.get_operations()]
 
@@ -170,12 +170,12 @@ def test_unknown_number_of_groups(problem):
     spec = tf.nest.map_structure(
         lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), groups
     )
-    auto = tf.function(lambda g: sharding.map_groups(fn, g))
+    auto = tf.function(lambda g: m_groups.map_groups(fn, g))
     assert_structures_close(
         auto.get_concrete_function(spec)(groups), one_by_one(fn, groups)
     )
     unroll = tf.function(
-        lambda g: sharding.map_groups(fn, g, strategy="unroll")
+        lambda g: m_groups.map_groups(fn, g, strategy="unroll")
     )
     with pytest.raises(ValueError, match="drop_remainder=True"):
         unroll.get_concrete_function(spec)
@@ -184,7 +184,7 @@ def test_unknown_number_of_groups(problem):
 def test_unknown_strategy_is_an_error(problem):
     groups, weights = problem
     with pytest.raises(ValueError, match="`strategy` must be one of"):
-        sharding.map_groups(dense_fn(weights), groups, strategy="pmap")
+        m_groups.map_groups(dense_fn(weights), groups, strategy="pmap")
 
 
 @pytest.mark.parametrize("strategy", ["auto", "vectorize"])
@@ -201,7 +201,7 @@ def test_map_groups_in_mirrored_replica_context(problem, strategy):
         context = tf.distribute.get_replica_context()
         shift = tf.cast(context.replica_id_in_sync_group, tf.float32)
         shifted = dict(groups, x=groups["x"] + shift)
-        return sharding.map_groups(fn, shifted, strategy=strategy)
+        return m_groups.map_groups(fn, shifted, strategy=strategy)
 
     results = mirrored.experimental_local_results(mirrored.run(replica_fn))
     for replica, result in enumerate(results):

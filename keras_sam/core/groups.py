@@ -245,3 +245,51 @@ def _inner_shape(t: tf.Tensor, start: int) -> list:
         dim if dim is not None else dynamic[i]
         for i, dim in enumerate(t.shape.as_list()[start:], start)
     ]
+
+
+def if_divisible(n, m: int, in_groups: Callable, whole: Callable):
+    """`in_groups` when the batch size n is a positive multiple of m, else
+    `whole` (one group): a batch that is not splits as m=None would. Decided
+    at trace time when n is static, by a `tf.cond` otherwise."""
+    if isinstance(n, int):
+        return in_groups if n % m == 0 and n > 0 else whole
+    divisible = tf.logical_and(tf.equal(n % m, 0), n > 0)
+    return lambda: tf.cond(divisible, in_groups, whole)
+
+
+def whole_groups(structure, n, m: int):
+    """Each tensor's first max(n // m, 1) * m rows, zero-padded if fewer.
+
+    A no-op on a batch `if_divisible` sends to the groups; but XLA compiles
+    that branch for the batches it is not taken on too, which must still
+    split into at least one whole group.
+    """
+    size = tf.maximum(n // m, 1) * m
+
+    def resize(t):
+        shape = tf.concat([[tf.maximum(size - n, 0)], tf.shape(t)[1:]], 0)
+        return tf.concat([t, tf.zeros(shape, t.dtype)], axis=0)[:size]
+
+    return tf.nest.map_structure(resize, structure)
+
+
+def merge_updates(updates: dict, state: list, metric_ids: set) -> dict:
+    """One state update from the groups' updates (stacked on axis 0).
+
+    `updates` maps an index into `state` to the groups' new values. Metric
+    variables (`id` in `metric_ids`) add up the groups' increments (each
+    group counted once, as in one pass over the batch); batch statistics
+    take the groups' mean; integer state (seed generators) is the same in
+    every group.
+    """
+    merged = {}
+    for i, values in updates.items():
+        variable = state[i]
+        if id(variable) in metric_ids:
+            old = tf.cast(variable.value, values.dtype)
+            merged[i] = old + tf.reduce_sum(values - old, axis=0)
+        elif values.dtype.is_floating:
+            merged[i] = tf.reduce_mean(values, axis=0)
+        else:
+            merged[i] = values[0]
+    return merged

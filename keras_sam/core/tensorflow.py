@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from keras_sam import _keras
 from keras_sam import perturbation
-from keras_sam import sharding
+from keras_sam.core import groups
 from keras_sam.core import per_example
 from keras_sam.core import policy
 from keras_sam.core import step
@@ -241,7 +241,7 @@ def _grouped(model, evaluate, batch, options, rho, seeds, use_sam, m, state):
     names = [v.name for v in model.trainable_variables]
     # A batch that is not a multiple of m (the last batch of an epoch, or
     # an empty replica batch) is perturbed as one group, like m=None.
-    n = sharding.batch_size(batch[0])
+    n = groups.batch_size(batch[0])
 
     def one_group(group):
         inputs = step.Inputs(_normal(seeds), names)
@@ -261,20 +261,16 @@ def _grouped(model, evaluate, batch, options, rho, seeds, use_sam, m, state):
         named = {"x": batch[0], "y": batch[1], "sample_weight": batch[2]}
         named = {k: v for k, v in named.items() if v is not None}
         if not isinstance(n, int):
-            # XLA compiles this branch for batches it is not taken on too:
-            # give it >= 1 whole group (a no-op when it is taken).
-            size = tf.maximum(n // m, 1) * m
-            named = tf.nest.map_structure(
-                lambda t: _resize(t, size, n), named
-            )
-        grads, y_pred, stats, updates = sharding.map_groups(
+            named = groups.whole_groups(named, n, m)
+        grads, y_pred, stats, updates = groups.map_groups(
             lambda g: one_group((g["x"], g.get("y"), g.get("sample_weight"))),
-            sharding.split_into_groups(named, m),
+            groups.split_into_groups(named, m),
         )
         grads = [tf.reduce_mean(g, axis=0) for g in grads]
         stats = tuple(tf.reduce_mean(v) for v in stats)
-        merged = _merge_updates(model, state, updates)
-        return grads, sharding.merge_groups(y_pred), stats, merged
+        metric_ids = {id(v) for v in model.metrics_variables}
+        merged = groups.merge_updates(updates, state, metric_ids)
+        return grads, groups.merge_groups(y_pred), stats, merged
 
     def base():
         first = evaluate(weights, batch)
@@ -282,11 +278,6 @@ def _grouped(model, evaluate, batch, options, rho, seeds, use_sam, m, state):
         stats = (first.loss, first.loss, norm)
         return _dense(first.grads), first.y_pred, stats, first.updates
 
-    if isinstance(n, int):
-        sam = in_groups if n % m == 0 and n > 0 else lambda: one_group(batch)
-    else:
-        divisible = tf.logical_and(tf.equal(n % m, 0), n > 0)
-        sam = lambda: tf.cond(divisible, in_groups, lambda: one_group(batch))
     if (
         m == 1
         and options.off_step == "base"
@@ -294,6 +285,8 @@ def _grouped(model, evaluate, batch, options, rho, seeds, use_sam, m, state):
     ):
         # Dense/LayerNorm models: exact 1-SAM without per-example copies.
         sam = lambda: per_example.sam_branch(model, batch, options, rho, state)
+    else:
+        sam = groups.if_divisible(n, m, in_groups, lambda: one_group(batch))
     grads, y_pred, (loss, loss2, norm), updates = tf.cond(
         use_sam, sam, base
     )
@@ -301,39 +294,11 @@ def _grouped(model, evaluate, batch, options, rho, seeds, use_sam, m, state):
     return StepResult(grads, y_pred, loss, stats), updates
 
 
-def _resize(t, size, n):
-    """`t`'s first `size` rows, zero-padded when it has fewer."""
-    shape = tf.concat([[tf.maximum(size - n, 0)], tf.shape(t)[1:]], 0)
-    pad = tf.zeros(shape, t.dtype)
-    return tf.concat([t, pad], axis=0)[:size]
-
-
 def _dense(grads) -> list:
     """Gradients as dense tensors: the branches of a `tf.cond` must agree,
     and a grouped step's mean gradient is dense where an embedding's own
     gradient is `tf.IndexedSlices`."""
     return [tf.convert_to_tensor(g) for g in grads]
-
-
-def _merge_updates(model, state, updates) -> dict:
-    """One state update from the groups' updates (stacked on axis 0).
-
-    Metric variables add up the groups' increments (each group counted
-    once, as in one pass over the batch); batch statistics take the groups'
-    mean; integer state (seed generators) is the same in every group.
-    """
-    metric_ids = {id(v) for v in model.metrics_variables}
-    merged = {}
-    for i, values in updates.items():
-        variable = state[i]
-        if id(variable) in metric_ids:
-            old = tf.cast(variable.value, values.dtype)
-            merged[i] = old + tf.reduce_sum(values - old, axis=0)
-        elif values.dtype.is_floating:
-            merged[i] = tf.reduce_mean(values, axis=0)
-        else:
-            merged[i] = values[0]
-    return merged
 
 
 def _group_size(model, options, batch):
@@ -350,7 +315,7 @@ def _group_size(model, options, batch):
                     "model with LayerNormalization or GroupNormalization "
                     "(as Baek et al. do), or m >= 2."
                 )
-    n = sharding.batch_size(batch[0])
+    n = groups.batch_size(batch[0])
     return None if isinstance(n, int) and n == m else m
 
 

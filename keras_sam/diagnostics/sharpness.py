@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_sam import perturbation
-from keras_sam import sharding
+from keras_sam.core import groups
 from keras_sam.diagnostics import stateless_loss
 from keras_sam.model import check_rho
 
@@ -42,7 +42,7 @@ class SharpnessEstimate(NamedTuple):
 
 
 def _check_arguments(m, rho, steps, p, step_size):
-    sharding.check_m(m)
+    groups.check_m(m)
     if check_rho(rho) == 0:
         raise ValueError(
             "`rho` must be > 0 to measure sharpness (rho=0 gives 0). "
@@ -127,11 +127,11 @@ def _grouped(ascent, values, dataset, m, groups_per_call, progbar):
         return tf.vectorized_map(one_group, elems)
 
     chunk = tf.function(chunk, reduce_retracing=True)
-    groups = (
+    chunks = (
         dataset.unbatch().batch(m, drop_remainder=True).batch(groups_per_call)
     )
     results, seen = [], 0
-    for batch in groups:
+    for batch in chunks:
         x, y, sample_weight = stateless_loss.unpack(batch)
         results.append(chunk(*values, x, y, sample_weight).numpy())
         seen += len(results[-1])
