@@ -359,6 +359,20 @@ def _callbacks(*factories):
     return lambda: [make() for make in factories]
 
 
+def _on_loss_plateau(callback, epochs, **kwargs):
+    """The MLP fitted for `epochs` epochs with a fresh `callback` watching
+    a loss that never improves by its min_delta of 10, so that it acts."""
+    return Pattern(
+        mlp,
+        fit_with(
+            X, Y, epochs=epochs,
+            callbacks=_callbacks(
+                lambda: callback(monitor="loss", min_delta=10.0, **kwargs)
+            ),
+        ),
+    )
+
+
 X45, Y45 = classification_data(n=45)
 
 PATTERNS = {
@@ -393,27 +407,11 @@ PATTERNS = {
     "validation_data": Pattern(
         mlp, fit_with(X, Y, validation_data=(X[:16], Y[:16]))
     ),
-    "early_stopping": Pattern(
-        mlp,
-        fit_with(
-            X, Y, epochs=5,
-            callbacks=_callbacks(
-                lambda: keras.callbacks.EarlyStopping(
-                    monitor="loss", min_delta=10.0, patience=1
-                )
-            ),
-        ),
+    "early_stopping": _on_loss_plateau(
+        keras.callbacks.EarlyStopping, epochs=5, patience=1
     ),
-    "reduce_lr_on_plateau": Pattern(
-        mlp,
-        fit_with(
-            X, Y, epochs=3,
-            callbacks=_callbacks(
-                lambda: keras.callbacks.ReduceLROnPlateau(
-                    monitor="loss", min_delta=10.0, patience=0, factor=0.5
-                )
-            ),
-        ),
+    "reduce_lr_on_plateau": _on_loss_plateau(
+        keras.callbacks.ReduceLROnPlateau, epochs=3, patience=0, factor=0.5
     ),
     "guide_train_step": Pattern(
         guide("train_step"), fit_with(X, Y_REG, REG), (X, Y_REG)
