@@ -22,6 +22,9 @@ import keras_sam
 # `keras.Model(inputs, outputs)` builds one; Keras exports no public name.
 from keras.src.models.functional import Functional
 
+from tests.helpers import Subclassed
+from tests.helpers import max_difference
+
 keras_hub = pytest.importorskip("keras_hub")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,24 +48,36 @@ TEXTS = np.array([
 LABELS = np.array([0, 1, 1, 0, 0, 1, 1, 0])
 
 
-def bert_classifier(seed=7, cls=None, **kwargs):
-    """A tiny BertTextClassifier (or `cls`), the same for the same seed."""
+def tiny_text_task(family, task, tokenizer_kwargs, sequence_length,
+                   num_layers, max_sequence_length, seed, cls=None,
+                   **task_kwargs):
+    """A tiny KerasHub text task built from config, the same for the same
+    seed: keras_hub.models' `{family}Tokenizer`, `{family}{task}Preprocessor`,
+    `{family}Backbone` and `{family}{task}` (or `cls`)."""
+    models = keras_hub.models
     keras.utils.set_random_seed(seed)
-    tokenizer = keras_hub.models.BertTokenizer(vocabulary=BERT_VOCAB)
-    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
-        tokenizer=tokenizer, sequence_length=12
+    tokenizer = getattr(models, f"{family}Tokenizer")(**tokenizer_kwargs)
+    preprocessor = getattr(models, f"{family}{task}Preprocessor")(
+        tokenizer=tokenizer, sequence_length=sequence_length
     )
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=len(BERT_VOCAB),
-        num_layers=2,
+    backbone = getattr(models, f"{family}Backbone")(
+        vocabulary_size=len(tokenizer_kwargs["vocabulary"]),
+        num_layers=num_layers,
         num_heads=2,
         hidden_dim=16,
         intermediate_dim=32,
-        max_sequence_length=16,
+        max_sequence_length=max_sequence_length,
     )
-    cls = cls or keras_hub.models.BertTextClassifier
-    return cls(
-        backbone=backbone, preprocessor=preprocessor, num_classes=2, **kwargs
+    cls = cls or getattr(models, f"{family}{task}")
+    return cls(backbone=backbone, preprocessor=preprocessor, **task_kwargs)
+
+
+def bert_classifier(seed=7, cls=None, **kwargs):
+    """A tiny BertTextClassifier (or `cls`), the same for the same seed."""
+    return tiny_text_task(
+        "Bert", "TextClassifier", {"vocabulary": BERT_VOCAB},
+        sequence_length=12, num_layers=2, max_sequence_length=16,
+        seed=seed, cls=cls, num_classes=2, **kwargs,
     )
 
 
@@ -101,10 +116,6 @@ def assert_weights_equal(actual, expected, atol=1e-6):
     assert len(actual) == len(expected)
     for a, e in zip(actual, expected):
         np.testing.assert_allclose(a, e, atol=atol, rtol=0)
-
-
-def max_difference(a, b):
-    return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
 
 
 @pytest.fixture(scope="module")
@@ -230,23 +241,10 @@ GPT2_VOCAB = {token: i for i, token in enumerate(GPT2_TOKENS)}
 
 
 def gpt2_causal_lm(seed=5):
-    keras.utils.set_random_seed(seed)
-    tokenizer = keras_hub.models.GPT2Tokenizer(
-        vocabulary=GPT2_VOCAB, merges=GPT2_MERGES
-    )
-    preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(
-        tokenizer=tokenizer, sequence_length=8
-    )
-    backbone = keras_hub.models.GPT2Backbone(
-        vocabulary_size=len(GPT2_VOCAB),
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        max_sequence_length=8,
-    )
-    return keras_hub.models.GPT2CausalLM(
-        backbone=backbone, preprocessor=preprocessor
+    """A tiny GPT2CausalLM, the same for the same seed."""
+    return tiny_text_task(
+        "GPT2", "CausalLM", {"vocabulary": GPT2_VOCAB, "merges": GPT2_MERGES},
+        sequence_length=8, num_layers=1, max_sequence_length=8, seed=seed,
     )
 
 
@@ -388,15 +386,7 @@ def test_user_mix_with_task_class_keeps_samodel_intact():
     assert Functional not in keras_sam.SAMModel.__bases__
     assert not issubclass(keras_sam.SAMModel, Functional)
 
-    class Net(keras_sam.SAMModel):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self.dense = keras.layers.Dense(2)
-
-        def call(self, x):
-            return self.dense(x)
-
-    net = Net(rho=0.05)
+    net = Subclassed(rho=0.05)  # a SAMModel subclass with one Dense(2)
     assert not isinstance(net, Functional)
     net.compile(optimizer="sgd", loss="mse", jit_compile=False)
     x = np.random.default_rng(0).normal(size=(8, 3)).astype("float32")
