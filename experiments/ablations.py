@@ -29,15 +29,13 @@ ablations.png}`.
 
 import dataclasses
 import math
-import os
-import time
 from typing import Optional
 
 from experiments import cli
 from experiments import common
 from experiments import models
 from experiments import results
-from keras_sam import noise
+from experiments import study
 
 GROUPS = ("perturbation", "ascent_steps", "rho_schedule")
 
@@ -127,51 +125,52 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     """Trains every variant for every seed on noisy labels; writes results.
 
     Returns:
-        A dict with `run_dir`, `runs`, `results` (per method) and `groups`
+        A dict with `run_dir`, `runs`, `results` (per group and method: a
+        method shown in several groups has a row in each) and `groups`
         (the method keys shown in each group).
     """
-    run_dir = os.path.join(workdir, config.run_name())
-    start = time.perf_counter()
-    strategy = common.make_strategy(config.strategy, config.tpu)
-    runs, history = [], []
-    with common.dtype_policy(config.mixed_precision):
-        for seed in config.seeds:
-            data = common.load_data(config, seed)
-            num_weights = models.count_trainable(models.build(
-                config.model, data.input_shape, data.num_classes,
-                **config.model_kwargs,
-            ))
-            methods, shown = methods_for(config, num_weights)
-            labels = noise.symmetric_noise(
-                data.y_train, config.noise_rate, data.num_classes, seed=seed
-            ).labels
-            print(f"seed {seed}")
-            rows, curves = common.run_methods(
-                config, data, methods, labels, seed, strategy,
-                columns={"noise_rate": config.noise_rate},
-            )
-            runs += rows
-            history += curves
+    out = study.run(
+        config, workdir, trials=_trials, tabulate=_tabulate,
+        figure="ablations.png", plot=_plot, report=report,
+    )
+    groups = _by_group(out["results"]).items()
+    out["groups"] = {g: [e["key"] for e in entries] for g, entries in groups}
+    return out
+
+
+def _trials(config, data, seed):
+    num_weights = models.count_trainable(models.build(
+        config.model, data.input_shape, data.num_classes,
+        **config.model_kwargs,
+    ))
+    methods, _ = methods_for(config, num_weights)
+    yield study.noise_trial(config, data, seed, methods)
+
+
+def _tabulate(config, runs):
+    """Each method's means and intervals, once per group that shows it."""
     table = results.aggregate(
         runs, ("key", "method"),
         ("final_test_acc", "best_test_acc", "final_sharpness", "seconds"),
     )
-    results.write_csv(os.path.join(run_dir, "runs.csv"), runs)
-    results.write_csv(os.path.join(run_dir, "history.csv"), history)
-    results.write_csv(os.path.join(run_dir, "results.csv"), [
-        {"group": group, **entry}
-        for group, keys in shown.items()
-        for entry in table if entry["key"] in keys
-    ])
-    _plot(os.path.join(run_dir, "ablations.png"), table, shown, config)
-    print(report(table, shown, config, time.perf_counter() - start, run_dir))
-    return {"run_dir": run_dir, "runs": runs, "results": table,
-            "groups": shown}
-
-
-def report(table, shown, config, seconds, run_dir) -> str:
-    """One table per group: final/best accuracy, sharpness, time."""
     index = {e["key"]: e for e in table}
+    _, shown = methods_for(config, num_weights=1)  # the keys need no count
+    return [
+        {"group": group, **index[key]}
+        for group, keys in shown.items() for key in keys
+    ]
+
+
+def _by_group(table) -> dict:
+    """`{group: [entries]}` of the grouped table, in order."""
+    groups = {}
+    for entry in table:
+        groups.setdefault(entry["group"], []).append(entry)
+    return groups
+
+
+def report(table, config, seconds, run_dir) -> str:
+    """One table per group: final/best accuracy, sharpness, time."""
     lines = [
         f"\n{config.dataset}, {config.model}, {config.noise_rate:.0%} label "
         f"noise, rho {config.rho:g}, {config.epochs} epochs, seeds "
@@ -179,30 +178,24 @@ def report(table, shown, config, seconds, run_dir) -> str:
         "t-interval"
     ]
     header = ["method", "final acc", "best acc", "final sharpness", "s/run"]
-    for group, keys in shown.items():
-        body = []
-        for key in keys:
-            e = index[key]
-            ok = e["status"] == "ok"
-            body.append([
-                e["method"], results.cell(e, "final_test_acc"),
-                results.cell(e, "best_test_acc"),
-                results.cell(e, "final_sharpness", scale=1.0, digits=3),
-                f"{e['seconds_mean']:.1f}" if ok else "-",
-            ])
+    for group, entries in _by_group(table).items():
+        body = [
+            [e["method"], results.cell(e, "final_test_acc"),
+             results.cell(e, "best_test_acc"),
+             results.cell(e, "final_sharpness", scale=1.0, digits=3),
+             f"{e['seconds_mean']:.1f}" if e["status"] == "ok" else "-"]
+            for e in entries
+        ]
         lines += [f"\n{group}:", results.format_table(header, body)]
-    lines += [f"note: {n}" for n in results.skip_notes(table)]
-    lines.append(f"\n{seconds:.0f} s; results in {run_dir}/")
-    return "\n".join(lines)
+    return results.join_report(lines, table, seconds, run_dir)
 
 
-def _plot(path, table, shown, config):
+def _plot(path, table, history, config):
     plt = results.pyplot()
-    index = {e["key"]: e for e in table}
-    fig, axes = plt.subplots(1, len(shown), figsize=(5 * len(shown), 4),
+    groups = _by_group(table)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4),
                              squeeze=False)
-    for ax, (group, keys) in zip(axes[0], shown.items()):
-        entries = [index[k] for k in keys]
+    for ax, (group, entries) in zip(axes[0], groups.items()):
         for offset, (metric, name) in enumerate(
             (("final_test_acc", "final"), ("best_test_acc", "best"))
         ):
@@ -222,15 +215,11 @@ def _plot(path, table, shown, config):
             ax.set_ylim(max(0.0, min(finite) - 10), 100)
         ax.set_title(group)
         ax.grid(alpha=0.3, axis="y")
-    axes[0][0].set_ylabel("clean test accuracy (%)")
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(
-        f"SAM ablations: {config.dataset}, {config.model}, "
-        f"{config.noise_rate:.0%} noise, {len(config.seeds)} seeds"
+    results.save_figure(
+        fig, path, ylabel="clean test accuracy (%)", legend=True,
+        title=f"SAM ablations: {config.dataset}, {config.model}, "
+        f"{config.noise_rate:.0%} noise, {len(config.seeds)} seeds",
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -26,15 +26,13 @@ baek_table1.png}`.
 """
 
 import dataclasses
-import os
-import time
 
 import numpy as np
 
 from experiments import cli
 from experiments import common
 from experiments import results
-from keras_sam import noise
+from experiments import study
 
 # Baek et al. table 1 (best test accuracy, %, CIFAR-10, 30% noise).
 PAPER = {
@@ -95,34 +93,22 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     Returns:
         A dict with `run_dir`, `runs` and `results`.
     """
-    run_dir = os.path.join(workdir, config.run_name())
-    start = time.perf_counter()
-    strategy = common.make_strategy(config.strategy, config.tpu)
-    runs, history = [], []
-    with common.dtype_policy(config.mixed_precision):
-        for seed in config.seeds:
-            data = common.load_data(config, seed)
-            noisy = noise.symmetric_noise(
-                data.y_train, config.noise_rate, data.num_classes, seed=seed
-            )
-            print(f"seed {seed}")
-            rows, curves = common.run_methods(
-                config, data, methods_for(config), noisy.labels, seed,
-                strategy, noisy=noisy if config.noise_curves else None,
-                columns={"noise_rate": config.noise_rate},
-            )
-            runs += rows
-            history += curves
-    table = results.aggregate(
-        runs, ("method",),
-        ("best_test_acc", "final_test_acc", "seconds"),
+    return study.run(
+        config, workdir, trials=_trials, tabulate=_tabulate,
+        figure="baek_table1.png", plot=_plot, report=report,
     )
-    results.write_csv(os.path.join(run_dir, "runs.csv"), runs)
-    results.write_csv(os.path.join(run_dir, "history.csv"), history)
-    results.write_csv(os.path.join(run_dir, "results.csv"), table)
-    _plot(os.path.join(run_dir, "baek_table1.png"), history, config)
-    print(report(table, config, time.perf_counter() - start, run_dir))
-    return {"run_dir": run_dir, "runs": runs, "results": table}
+
+
+def _trials(config, data, seed):
+    yield study.noise_trial(
+        config, data, seed, methods_for(config), curves=config.noise_curves
+    )
+
+
+def _tabulate(config, runs):
+    return results.aggregate(
+        runs, ("method",), ("best_test_acc", "final_test_acc", "seconds")
+    )
 
 
 def report(table, config, seconds, run_dir) -> str:
@@ -143,9 +129,7 @@ def report(table, config, seconds, run_dir) -> str:
         "t-interval",
         results.format_table(header, body),
     ]
-    lines += [f"note: {n}" for n in results.skip_notes(table)]
-    lines.append(f"\n{seconds:.0f} s; results in {run_dir}/")
-    return "\n".join(lines)
+    return results.join_report(lines, table, seconds, run_dir)
 
 
 def _curves(history, key):
@@ -161,7 +145,7 @@ def _curves(history, key):
     }
 
 
-def _plot(path, history, config):
+def _plot(path, table, history, config):
     """Baek et al. figures 1-2: test, clean-train and noisy-train accuracy."""
     plt = results.pyplot()
     panels = [("val_accuracy", "clean test accuracy")]
@@ -180,15 +164,10 @@ def _plot(path, history, config):
         ax.set_xlabel("epoch")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("accuracy (mean over seeds)")
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(
-        f"Baek et al. table 1: {config.dataset}, {config.model}, "
-        f"{config.noise_rate:.0%} noise"
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    title = (f"Baek et al. table 1: {config.dataset}, {config.model}, "
+             f"{config.noise_rate:.0%} noise")
+    results.save_figure(fig, path, title, legend=True,
+                        ylabel="accuracy (mean over seeds)")
 
 
 if __name__ == "__main__":

@@ -21,13 +21,11 @@ error_vs_rho.png}`.
 """
 
 import dataclasses
-import os
-import time
 
 from experiments import cli
 from experiments import common
 from experiments import results
-from keras_sam import noise
+from experiments import study
 
 
 @dataclasses.dataclass
@@ -74,37 +72,26 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
         A dict with `run_dir`, `runs` and `results` (mean and 95% interval
         of test error per m and rho).
     """
-    run_dir = os.path.join(workdir, config.run_name())
-    start = time.perf_counter()
-    strategy = common.make_strategy(config.strategy, config.tpu)
-    runs, history = [], []
-    with common.dtype_policy(config.mixed_precision):
-        for seed in config.seeds:
-            data = common.load_data(config, seed)
-            labels = noise.symmetric_noise(
-                data.y_train, config.noise_rate, data.num_classes, seed=seed
-            ).labels
-            print(f"seed {seed}")
-            rows, curves = common.run_methods(
-                config, data, methods_for(config), labels, seed, strategy,
-                columns={"noise_rate": config.noise_rate},
-            )
-            runs += rows
-            history += curves
+    return study.run(
+        config, workdir, trials=_trials, tabulate=_tabulate,
+        figure="error_vs_rho.png", plot=_plot, report=report,
+    )
+
+
+def _trials(config, data, seed):
+    yield study.noise_trial(config, data, seed, methods_for(config))
+
+
+def _tabulate(config, runs):
+    """Test error (1 - accuracy) per m and rho; adds it to `runs` too."""
     for row in runs:
         for kind in ("best", "final"):
             if row["status"] == "ok":
                 row[f"{kind}_test_err"] = 1.0 - row[f"{kind}_test_acc"]
-    table = results.aggregate(
+    return results.aggregate(
         runs, ("m", "rho"),
         ("final_test_err", "best_test_err", "final_sharpness", "seconds"),
     )
-    results.write_csv(os.path.join(run_dir, "runs.csv"), runs)
-    results.write_csv(os.path.join(run_dir, "history.csv"), history)
-    results.write_csv(os.path.join(run_dir, "results.csv"), table)
-    _plot(os.path.join(run_dir, "error_vs_rho.png"), table, config)
-    print(report(table, config, time.perf_counter() - start, run_dir))
-    return {"run_dir": run_dir, "runs": runs, "results": table}
 
 
 def report(table, config: Config, seconds: float, run_dir: str) -> str:
@@ -127,12 +114,10 @@ def report(table, config: Config, seconds: float, run_dir: str) -> str:
         lines += [f"\n{title}:", results.format_table(header, body)]
         if sgd is not None:
             lines.append(f"SGD (rho = 0): {results.cell(sgd, metric)}")
-    lines += [f"note: {n}" for n in results.skip_notes(table)]
-    lines.append(f"\n{seconds:.0f} s; results in {run_dir}/")
-    return "\n".join(lines)
+    return results.join_report(lines, table, seconds, run_dir)
 
 
-def _plot(path, table, config):
+def _plot(path, table, history, config):
     plt = results.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     sam = [e for e in table if e["m"] != ""]
@@ -153,15 +138,12 @@ def _plot(path, table, config):
         ax.minorticks_off()
         ax.set_xlabel("rho")
         ax.set_title(f"{title} test error")
-    axes[0].set_ylabel("test error (%, log scale)")
-    fig.suptitle(
-        f"m-sharpness: {config.dataset}, {config.model}, batch "
+    results.save_figure(
+        fig, path, ylabel="test error (%, log scale)",
+        title=f"m-sharpness: {config.dataset}, {config.model}, batch "
         f"{config.batch_size}, {config.noise_rate:.0%} noise, "
-        f"{len(config.seeds)} seeds"
+        f"{len(config.seeds)} seeds",
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -22,14 +22,12 @@ accuracy_vs_noise.png}`.
 """
 
 import dataclasses
-import os
-import time
 from typing import Optional
 
 from experiments import cli
 from experiments import common
 from experiments import results
-from keras_sam import noise
+from experiments import study
 
 _LABELS = {
     "sgd": "SGD",
@@ -101,34 +99,25 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
         A dict with `run_dir`, `runs` (one row per method, noise rate and
         seed) and `results` (means and 95% intervals).
     """
-    run_dir = os.path.join(workdir, config.run_name())
-    start = time.perf_counter()
-    strategy = common.make_strategy(config.strategy, config.tpu)
-    runs, history = [], []
-    with common.dtype_policy(config.mixed_precision):
-        for seed in config.seeds:
-            data = common.load_data(config, seed)
-            for rate in config.noise_rates:
-                print(f"noise {rate:.0%}, seed {seed}")
-                noisy = noise.symmetric_noise(
-                    data.y_train, rate, data.num_classes, seed=seed
-                )
-                rows, curves = common.run_methods(
-                    config, data, methods_for(config, rate), noisy.labels,
-                    seed, strategy, columns={"noise_rate": rate},
-                )
-                runs += rows
-                history += curves
-    table = results.aggregate(
+    return study.run(
+        config, workdir, trials=_trials, tabulate=_tabulate,
+        figure="accuracy_vs_noise.png", plot=_plot, report=report,
+    )
+
+
+def _trials(config, data, seed):
+    for rate in config.noise_rates:
+        yield study.noise_trial(
+            config, data, seed, methods_for(config, rate), rate=rate,
+            title=f"noise {rate:.0%}, seed {seed}",
+        )
+
+
+def _tabulate(config, runs):
+    return results.aggregate(
         runs, ("method", "noise_rate"),
         ("best_test_acc", "final_test_acc", "seconds"),
     )
-    results.write_csv(os.path.join(run_dir, "runs.csv"), runs)
-    results.write_csv(os.path.join(run_dir, "history.csv"), history)
-    results.write_csv(os.path.join(run_dir, "results.csv"), table)
-    _plot(os.path.join(run_dir, "accuracy_vs_noise.png"), table, config)
-    print(report(table, config, time.perf_counter() - start, run_dir))
-    return {"run_dir": run_dir, "runs": runs, "results": table}
 
 
 def report(table, config: Config, seconds: float, run_dir: str) -> str:
@@ -149,12 +138,10 @@ def report(table, config: Config, seconds: float, run_dir: str) -> str:
             for m in methods
         ]
         lines += [f"\n{title}:", results.format_table(header, body)]
-    lines += [f"note: {n}" for n in results.skip_notes(table)]
-    lines.append(f"\n{seconds:.0f} s; results in {run_dir}/")
-    return "\n".join(lines)
+    return results.join_report(lines, table, seconds, run_dir)
 
 
-def _plot(path, table, config):
+def _plot(path, table, history, config):
     plt = results.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, (metric, title) in zip(
@@ -163,14 +150,11 @@ def _plot(path, table, config):
         results.plot_lines(ax, table, "noise_rate", "method", metric)
         ax.set_xlabel("symmetric label noise rate")
         ax.set_title(f"{title} clean test accuracy")
-    axes[0].set_ylabel("accuracy (%)")
-    fig.suptitle(
-        f"{config.dataset}, {config.model}, {config.epochs} epochs, "
-        f"{len(config.seeds)} seeds (95% t-intervals)"
+    results.save_figure(
+        fig, path, ylabel="accuracy (%)",
+        title=f"{config.dataset}, {config.model}, {config.epochs} epochs, "
+        f"{len(config.seeds)} seeds (95% t-intervals)",
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

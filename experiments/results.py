@@ -9,7 +9,7 @@
 import csv
 import math
 import os
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -121,6 +121,14 @@ def skip_notes(table: Sequence[dict]) -> list:
     return notes
 
 
+def join_report(lines: Sequence[str], table: Sequence[dict],
+                seconds: float, run_dir: str) -> str:
+    """A study's report: `lines`, the table's skip notes, time and place."""
+    notes = [f"note: {n}" for n in skip_notes(table)]
+    footer = f"\n{seconds:.0f} s; results in {run_dir}/"
+    return "\n".join([*lines, *notes, footer])
+
+
 def pyplot():
     """matplotlib's pyplot on the Agg backend (no display needed)."""
     import matplotlib
@@ -129,6 +137,29 @@ def pyplot():
     from matplotlib import pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: str, title: Optional[str] = None,
+                ylabel: Optional[str] = None, legend: bool = False) -> None:
+    """Finishes `fig`, writes it to `path` (120 dpi) and closes it.
+
+    Args:
+        fig: A matplotlib figure.
+        path: Where to write it; the extension names the format.
+        title: Optional title of the whole figure.
+        ylabel: Optional label of the first panel's vertical axis.
+        legend: Boolean, draw the first panel's legend.
+    """
+    first = fig.axes[0]
+    if ylabel is not None:
+        first.set_ylabel(ylabel)
+    if legend:
+        first.legend(fontsize=8)
+    if title is not None:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    pyplot().close(fig)
 
 
 def plot_lines(ax, table, x: str, series: str, metric: str,
