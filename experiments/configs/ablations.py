@@ -1,16 +1,12 @@
 """Ablations on digits at 40% label noise: 3 seeds, 30 epochs."""
 
 from experiments import ablations
+from experiments.configs import DIGITS
 
 
 def get_config():
     return ablations.Config(
-        dataset="digits",
-        model="mlp",
-        epochs=30,
-        batch_size=32,
-        learning_rate=0.05,
-        momentum=0.9,
+        **DIGITS,
         seeds=(0, 1, 2),
         noise_rate=0.4,
         rho=0.2,

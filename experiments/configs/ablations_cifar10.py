@@ -8,20 +8,16 @@ cosine decay, rho 0.05 (appendix C.1, table 6), 200 epochs.
 
 import dataclasses
 
+from experiments.configs import FORET_CIFAR10
 from experiments.configs import ablations
 
 
 def get_config():
     return dataclasses.replace(
         ablations.get_config(),
-        dataset="cifar10",
+        **FORET_CIFAR10,
         model="wrn",
         model_kwargs={"depth": 16, "width": 8},
-        epochs=200,
-        batch_size=256,
-        learning_rate=0.1,
-        lr_schedule="cosine",
-        weight_decay=5e-4,
         noise_rate=0.0,
         rho=0.05,
         seeds=(0,),

@@ -7,16 +7,12 @@ no values) are this repository's choices, not tuned.
 """
 
 from experiments import baek_table1
+from experiments.configs import DIGITS
 
 
 def get_config():
     return baek_table1.Config(
-        dataset="digits",
-        model="mlp_ln",
-        epochs=30,
-        batch_size=32,
-        learning_rate=0.05,
-        momentum=0.9,
+        **{**DIGITS, "model": "mlp_ln"},
         seeds=(0, 1, 2),
         noise_rate=0.3,
         rho=0.1,

@@ -7,19 +7,15 @@ lr 0.1, weight decay 5e-4, cosine decay (appendix C.1, table 6).
 
 import dataclasses
 
+from experiments.configs import FORET_CIFAR10
 from experiments.configs import m_sharpness
 
 
 def get_config():
     return dataclasses.replace(
         m_sharpness.get_config(),
-        dataset="cifar10",
+        **FORET_CIFAR10,
         model="resnet32",
-        epochs=200,
-        batch_size=256,
-        learning_rate=0.1,
-        lr_schedule="cosine",
-        weight_decay=5e-4,
         ms=(4, 16, 64, 256),
         rhos=(0.01, 0.02, 0.05, 0.1, 0.2),
         seeds=(0,),

@@ -10,19 +10,15 @@ cosine decay and momentum 0.9 are its CIFAR settings (appendix C.1, table
 
 import dataclasses
 
+from experiments.configs import FORET_CIFAR10
 from experiments.configs import noise_robustness
 
 
 def get_config():
     return dataclasses.replace(
         noise_robustness.get_config(),
-        dataset="cifar10",
+        **FORET_CIFAR10,
         model="resnet32",
-        epochs=200,
-        batch_size=256,
-        learning_rate=0.1,
-        lr_schedule="cosine",
-        weight_decay=5e-4,
         noise_rates=(0.2, 0.4, 0.6, 0.8),
         methods=("sgd", "mixup", "boot_mixup", "sam", "boot_sam"),
         rho=0.1,
