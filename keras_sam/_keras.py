@@ -7,6 +7,7 @@ it here only.
 """
 
 import contextlib
+import threading
 
 import keras
 from keras.src.losses import loss as _loss_module
@@ -191,3 +192,40 @@ def trainer_source_module():
     from keras.src.backend.tensorflow import trainer
 
     return trainer
+
+
+# `keras.models.clone_model` rebuilds a functional model as
+# `type(model)(new_inputs, new_outputs, name=...)`, so constructor settings
+# such as rho and the SAM options are lost; an uncompiled model has no
+# compile config to carry them either (keras/src/models/cloning.py,
+# `_clone_functional_model`, Keras 3.0-3.15; no public hook). Just before,
+# it runs the original's graph on `new_inputs` through the private
+# `_run_through_graph(inputs, operation_fn=..., call_fn=...)`, the only
+# caller passing both. `ClonedSettings` notes that call, and
+# `clone_source(inputs)` tells the new model, built on exactly those
+# input tensors, which model it copies.
+_clone = threading.local()
+_UNSET = object()
+
+
+class ClonedSettings:
+    """Mixin: lets a functional model's clone find its source model."""
+
+    def _run_through_graph(self, inputs, operation_fn=_UNSET, call_fn=_UNSET):
+        kwargs = {}
+        if operation_fn is not _UNSET:
+            kwargs["operation_fn"] = operation_fn
+        if call_fn is not _UNSET:
+            kwargs["call_fn"] = call_fn
+        if len(kwargs) == 2:  # clone_model
+            _clone.source = (inputs, self)
+        return super()._run_through_graph(inputs, **kwargs)
+
+
+def clone_source(inputs):
+    """The model `clone_model` is copying onto `inputs`, once, or None."""
+    source = getattr(_clone, "source", None)
+    if source is None or source[0] is not inputs:
+        return None
+    _clone.source = None
+    return source[1]

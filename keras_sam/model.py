@@ -42,7 +42,7 @@ Functional = _keras.Functional
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")
-class SAMModel(MultiWorkerFix, keras.Model):
+class SAMModel(MultiWorkerFix, _keras.ClonedSettings, keras.Model):
     """A Keras model trained with Sharpness-Aware Minimization.
 
     Use it wherever you would use `keras.Model`: with the functional API,
@@ -113,11 +113,15 @@ class SAMModel(MultiWorkerFix, keras.Model):
                 f"{args[0].name!r}). To train an existing model with SAM, "
                 "use `keras_sam.SAMModel.from_model(model, rho=...)`."
             )
+        source = None
         if is_functional_call(args, kwargs):
             check_functional_kwargs(kwargs, names)
+            source = _keras.clone_source(args[0] if args else kwargs["inputs"])
         with bases_kept(SAMModel):
             super().__init__(*args, **kwargs)
         self._sam = SAMState(rho, options)
+        if isinstance(source, SAMModel):  # keras.models.clone_model(source)
+            self._set_sam_config(source.get_sam_config())
 
     # ----------------------------------------------------------- SAM state
 

@@ -218,6 +218,51 @@ def test_rho_variable_changes_the_next_step_without_retracing():
     assert_weights_close(weights_of(model), expected)
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("form", ["functional", "wrapped"])
+def test_clone_model_keeps_rho_and_options(form, compiled):
+    settings = {"rho": 0.2, "m": 2, "adaptive": True, "p": 3.0}
+    hidden, logits = reference.tiny_layers()
+    inputs = keras.Input((reference.INPUT_DIM,))
+    if form == "functional":
+        model = keras_sam.SAMModel(inputs, logits(hidden(inputs)), **settings)
+    else:
+        model = keras_sam.SAMModel.from_model(
+            keras.Sequential([inputs, hidden, logits]), **settings)
+    if compiled:
+        model.compile(optimizer="sgd", loss="mse")
+    clone = keras.models.clone_model(model)
+    assert type(clone) is type(model)
+    assert clone.get_sam_config() == pytest.approx(model.get_sam_config())
+    assert not any(a is b for a, b in zip(clone.weights, model.weights))
+    # The next functional model, SAM or not, keeps its own settings.
+    fresh = keras_sam.SAMModel(inputs, logits(hidden(inputs)))
+    assert fresh.get_sam_config()["rho"] == pytest.approx(0.05)
+    assert fresh.sam_options.m is None
+
+
+def test_a_clone_trains_like_the_model_it_copies():
+    x, y = reference.tiny_data()
+    model = build(rho=RHO, m=2)
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    clone.compile(
+        optimizer=keras.optimizers.SGD(LEARNING_RATE),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    for trained in (model, clone):
+        trained.fit(x, y, batch_size=len(y), shuffle=False, verbose=0)
+    assert_weights_close(weights_of(clone), weights_of(model))
+    assert_weights_close(
+        weights_of(model),
+        reference.sgd_update(
+            initial_weights(),
+            reference.grouped_sam_gradient(initial_weights(), x, y, RHO, 2),
+            LEARNING_RATE,
+        ),
+    )
+
+
 @pytest.mark.parametrize("form", ["functional", "subclass", "wrapped"])
 def test_keras_file_round_trip_keeps_sam_settings(form, tmp_path):
     x, y = reference.tiny_data()
