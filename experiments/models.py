@@ -42,10 +42,14 @@ def _norm(kind: Optional[str], name: str):
     )
 
 
+def _normalize(x, kind, name):
+    """`x` through the normalisation layer of `kind`, if any."""
+    layer = _norm(kind, name)
+    return x if layer is None else layer(x)
+
+
 def _norm_relu(x, kind, name):
-    layer = _norm(kind, name + "_norm")
-    if layer is not None:
-        x = layer(x)
+    x = _normalize(x, kind, name + "_norm")
     return keras.layers.ReLU(name=name + "_relu")(x)
 
 
@@ -75,6 +79,24 @@ def _head(x, num_classes):
     return keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
 
 
+def _residual(x, filters, strides, norm, name):
+    """The residual branch of a post-activation basic block (He et al.)."""
+    y = _norm_relu(_conv(filters, 3, strides, name + "_conv1")(x),
+                   norm, name + "_a")
+    y = _conv(filters, 3, 1, name + "_conv2")(y)
+    return _normalize(y, norm, name + "_b_norm")
+
+
+def _blocks_per_group(depth, extra, network, examples):
+    """n of a network of 6n + `extra` layers; a ValueError for others."""
+    if (depth - extra) % 6 or depth < 6 + extra:
+        raise ValueError(
+            f"{network} depth must be 6n + {extra} ({examples}). "
+            f"Received: depth={depth}"
+        )
+    return (depth - extra) // 6
+
+
 # --------------------------------------------------------- WideResNet
 
 
@@ -92,12 +114,9 @@ def wide_resnet(
         Zagoruyko and Komodakis, "Wide Residual Networks", BMVC 2016
         (table 1); Foret et al. 2021, tables 1 and 10 (WRN-28-10).
     """
-    if (depth - 4) % 6 or depth < 10:
-        raise ValueError(
-            f"WideResNet depth must be 6n + 4 (10, 16, 22, 28, 40, ...). "
-            f"Received: depth={depth}"
-        )
-    blocks = (depth - 4) // 6
+    blocks = _blocks_per_group(
+        depth, 4, "WideResNet", "10, 16, 22, 28, 40, ..."
+    )
     inputs, x = _inputs(input_shape, mean, std)
     x = _conv(16, 3, 1, "stem")(x)
     channels = 16
@@ -162,23 +181,16 @@ def cifar_resnet(
         2016, section 4.2 and table 6; Foret et al. 2021, table 4
         (ResNet-32 under label noise).
     """
-    if (depth - 2) % 6 or depth < 8:
-        raise ValueError(
-            f"CIFAR ResNet depth must be 6n + 2 (20, 32, 44, 56, 110). "
-            f"Received: depth={depth}"
-        )
-    blocks = (depth - 2) // 6
+    blocks = _blocks_per_group(
+        depth, 2, "CIFAR ResNet", "20, 32, 44, 56, 110"
+    )
     inputs, x = _inputs(input_shape, mean, std)
     x = _norm_relu(_conv(16, 3, 1, "stem")(x), norm, "stem")
     for group, filters in enumerate((16, 32, 64)):
         for block in range(blocks):
             name = f"g{group}b{block}"
             strides = 2 if group > 0 and block == 0 else 1
-            y = _norm_relu(_conv(filters, 3, strides, name + "_conv1")(x),
-                           norm, name + "_a")
-            y = _conv(filters, 3, 1, name + "_conv2")(y)
-            layer = _norm(norm, name + "_b_norm")
-            y = y if layer is None else layer(y)
+            y = _residual(x, filters, strides, norm, name)
             if strides != 1:
                 x = ZeroPadShortcut(filters, name=name + "_short")(x)
             x = keras.layers.Add(name=name + "_add")([x, y])
@@ -209,15 +221,10 @@ def resnet18(input_shape, num_classes, norm="layer", mean=None, std=None):
         for block in range(2):
             name = f"s{stage}b{block}"
             strides = 2 if stage > 0 and block == 0 else 1
-            y = _norm_relu(_conv(filters, 3, strides, name + "_conv1")(x),
-                           norm, name + "_a")
-            y = _conv(filters, 3, 1, name + "_conv2")(y)
-            layer = _norm(norm, name + "_b_norm")
-            y = y if layer is None else layer(y)
+            y = _residual(x, filters, strides, norm, name)
             if strides != 1 or channels != filters:
                 x = _conv(filters, 1, strides, name + "_proj")(x)
-                layer = _norm(norm, name + "_proj_norm")
-                x = x if layer is None else layer(x)
+                x = _normalize(x, norm, name + "_proj_norm")
             x = keras.layers.Add(name=name + "_add")([x, y])
             x = keras.layers.ReLU(name=name + "_relu")(x)
             channels = filters
