@@ -390,3 +390,11 @@ class FunctionalSAMModel(SAMModel, Functional):
     Not constructed directly: `SAMModel(inputs, outputs, ...)` returns one.
     It is saved and loaded under the name "SAMModel".
     """
+
+
+# Legacy HDF5 files (`model.save("model.h5")`) name a model by its Python
+# class name, not its registered name "keras_sam>SAMModel"; the public
+# custom-objects table lets `keras.models.load_model` find it by that name.
+keras.saving.get_custom_objects().update(
+    {"SAMModel": SAMModel, "FunctionalSAMModel": SAMModel}
+)

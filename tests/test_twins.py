@@ -655,6 +655,28 @@ def test_keras_file_keeps_rho_options_and_continues(tmp_path):
     assert_weights_equal(model, loaded)
 
 
+def test_legacy_h5_file_loads_like_keras_model(tmp_path):
+    """`model.save("x.h5")` (Keras' legacy format) reloads a SAMModel with
+    its settings and outputs, as it reloads a keras.Model."""
+    loaded = {}
+    for flavour in (PLAIN, Flavour(sam=True, rho=0.0, options={"m": 2})):
+        keras.utils.set_random_seed(0)
+        model = mlp(flavour)
+        model.compile(optimizer="adam", loss=ce(), metrics=["accuracy"])
+        model.fit(X, Y, batch_size=16, epochs=1, verbose=0)
+        path = str(tmp_path / f"{flavour.name}.h5")
+        model.save(path)
+        loaded[flavour.name] = keras.saving.load_model(path)
+        np.testing.assert_allclose(
+            loaded[flavour.name].predict(X, verbose=0),
+            model.predict(X, verbose=0), atol=1e-6,
+        )
+    assert isinstance(loaded["sam"], keras_sam.SAMModel)
+    assert float(loaded["sam"].rho.numpy()) == 0.0  # not the default 0.05
+    assert loaded["sam"].m == 2
+    assert_weights_equal(loaded["plain"], loaded["sam"])
+
+
 # ------------------------------------ mixed precision, distribution
 
 
