@@ -44,6 +44,17 @@ def ce():
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
+class Batches(keras.utils.PyDataset):
+    """`X, Y` in batches of 16, as a `keras.utils.PyDataset`."""
+
+    def __len__(self):
+        return -(-len(X) // 16)
+
+    def __getitem__(self, index):
+        window = slice(16 * index, 16 * (index + 1))
+        return X[window], Y[window]
+
+
 # ---------------------------------------------------------------- layers
 
 
@@ -445,6 +456,13 @@ PATTERNS = {
     "jit_compile_false": Pattern(
         mlp, fit_with(X, Y, {"jit_compile": False})
     ),
+    "py_dataset": Pattern(mlp, fit_with(Batches(), batch_size=None)),
+    "optimizer_ema": Pattern(mlp, fit_with(X, Y, {"optimizer": {
+        "class_name": "Adam", "config": {"use_ema": True}}})),
+    "gradient_accumulation": Pattern(mlp, fit_with(X, Y, {"optimizer": {
+        "class_name": "SGD",
+        "config": {"learning_rate": 0.1, "gradient_accumulation_steps": 2},
+    }})),
     "m_1": Pattern(mlp, fit_with(X, Y), options={"m": 1}),
     "m_2_ragged_last_batch": Pattern(
         mlp, fit_with(X45, Y45), (X45, Y45), {"m": 2}
