@@ -28,7 +28,6 @@ accuracy on the clean and on the noisy examples
 `noise_history.csv` and `noise_curves.png`.
 """
 
-import csv
 import dataclasses
 import os
 import time
@@ -40,7 +39,10 @@ import keras
 import numpy as np
 
 import keras_sam
-from keras_sam import datasets
+from experiments import common
+from experiments import data as data_lib
+from experiments import models
+from experiments import results
 from keras_sam import noise
 from keras_sam import schedules
 from keras_sam.noise import reinitialize
@@ -107,19 +109,6 @@ def _label(name: str, config: Config) -> str:
     return "%s (rho=%g%s)" % (_LABELS[name], config.rho, schedule)
 
 
-def build_mlp(input_dim: int, num_classes: int, hidden_units: int):
-    """A two-hidden-layer ReLU MLP returning logits."""
-    return keras.Sequential(
-        [
-            keras.Input((input_dim,)),
-            keras.layers.Dense(hidden_units, activation="relu"),
-            keras.layers.Dense(hidden_units, activation="relu"),
-            keras.layers.Dense(num_classes),
-        ],
-        name="mlp",
-    )
-
-
 def _compile(model, config: Config):
     model.compile(
         optimizer=keras.optimizers.SGD(
@@ -140,116 +129,127 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
             hyperparameters is created.
 
     Returns:
-        A dict mapping "sgd" and "sam" to their summary rows (best and final
-        clean test accuracy, best epoch, seconds per epoch).
+        A dict mapping "sgd" and "sam" (and "boot_sgd", "boot_sam" with
+        `config.bootstrap`) to their summary rows (best and final clean
+        test accuracy, best epoch, seconds per epoch).
     """
     run_dir = os.path.join(workdir, config.run_name())
     os.makedirs(run_dir, exist_ok=True)
-    data = datasets.load_digits(seed=config.seed)
+    data = data_lib.load("digits", seed=config.seed)
     noisy = noise.symmetric_noise(
-        data.train.y, config.noise_rate, data.num_classes, seed=config.seed
+        data.y_train, config.noise_rate, data.num_classes, seed=config.seed
     )
-
-    keras.utils.set_random_seed(config.seed)
-    sgd = build_mlp(data.train.x.shape[1], data.num_classes, config.hidden_units)
-    initial_weights = sgd.get_weights()
-    sam_base = keras.models.clone_model(sgd)
-    sam_base.set_weights(initial_weights)  # both start from the same point
-    sam = keras_sam.SAMModel.from_model(sam_base, rho=config.rho)
-
-    histories, summary = {}, {}
-    runs = [("sgd", sgd), ("sam", sam)]
-    if config.bootstrap:
-        runs += [("boot_sgd", None), ("boot_sam", None)]
-    for name, model in runs:
-        labels = noisy.labels
-        if model is None:
-            # Bootstrapping: fresh weights, trained on the predicted labels
-            # of the method trained above.
-            trained = {"boot_sgd": sgd, "boot_sam": sam}[name]
-            labels = relabel(trained, data.train.x, noisy.labels)
-            model = reinitialize(trained)
-        else:
-            _compile(model, config)
-        callbacks = []
-        scheduler = config.rho_scheduler()
-        if name.endswith("sam") and scheduler is not None:
-            callbacks.append(scheduler)
-        if config.noise_curves:
-            callbacks.append(
-                NoiseMonitor(
-                    data.train.x, noisy, test_data=(data.test.x, data.test.y)
-                )
-            )
-        keras.utils.set_random_seed(config.seed)  # same shuffling for both
-        start = time.perf_counter()
-        history = model.fit(
-            data.train.x,
-            labels,
-            batch_size=config.batch_size,
-            epochs=config.epochs,
-            validation_data=(data.test.x, data.test.y),
-            verbose=0,
-            callbacks=callbacks,
-        )
-        seconds = time.perf_counter() - start
+    initial = _initial_models(config, data)
+    trained, histories, summary = {}, {}, {}
+    for name in _methods(config):
+        model, labels = _model_and_labels(name, config, initial, trained,
+                                          data, noisy)
+        history, seconds = _fit(name, model, labels, config, data, noisy)
         model.save(os.path.join(run_dir, f"{name}.keras"))
-        test_acc = np.asarray(history.history["val_accuracy"])
-        histories[name] = history.history
+        trained[name], histories[name] = model, history
         summary[name] = {
             "method": _LABELS[name],
-            "best_test_acc": float(test_acc.max()),
-            "best_epoch": int(test_acc.argmax()) + 1,
-            "final_test_acc": float(test_acc[-1]),
-            "final_train_acc_noisy_labels": float(
-                history.history["accuracy"][-1]
-            ),
+            **_summarize(history),
             "seconds_per_epoch": seconds / config.epochs,
         }
-
-    _write_history(os.path.join(run_dir, "history.csv"), histories)
-    _write_summary(os.path.join(run_dir, "summary.csv"), summary)
-    _plot(os.path.join(run_dir, "accuracy.png"), histories, config)
-    if config.noise_curves:
-        _write_noise_history(
-            os.path.join(run_dir, "noise_history.csv"), histories
-        )
-        _plot_noise_curves(
-            os.path.join(run_dir, "noise_curves.png"), histories, config
-        )
+    _write_results(run_dir, histories, summary, config)
     _print_table(summary, config, run_dir)
     return summary
 
 
-def _write_history(path: str, histories: dict) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(
-            ["method", "epoch", "train_acc_noisy_labels", "test_acc", "loss"]
+def _methods(config: Config) -> list:
+    """The methods in training order: bootstrapped ones after their source."""
+    names = ["sgd", "sam"]
+    return names + ([f"boot_{n}" for n in names] if config.bootstrap else [])
+
+
+def _initial_models(config: Config, data) -> dict:
+    """The SGD model and the SAM model, from the same initial weights."""
+    keras.utils.set_random_seed(config.seed)
+    sgd = models.mlp(
+        data.input_shape, data.num_classes, hidden_units=config.hidden_units
+    )
+    sam_base = keras.models.clone_model(sgd)
+    sam_base.set_weights(sgd.get_weights())  # both start from the same point
+    sam = keras_sam.SAMModel.from_model(sam_base, rho=config.rho)
+    return {"sgd": sgd, "sam": sam}
+
+
+def _model_and_labels(name, config, initial, trained, data, noisy) -> tuple:
+    """The compiled model `name` trains, and the labels it trains on.
+
+    SGD and SAM train their initial models on the noisy labels; the
+    bootstrapped methods train fresh weights on the labels that the
+    trained SGD or SAM model predicts for the training set.
+    """
+    if name in initial:
+        return _compile(initial[name], config), noisy.labels
+    source = trained[name[len("boot_"):]]
+    labels = relabel(source, data.x_train, noisy.labels)
+    return reinitialize(source), labels
+
+
+def _fit(name, model, labels, config: Config, data, noisy) -> tuple:
+    """Trains `model` on `labels`; returns (history dict, seconds)."""
+    callbacks = []
+    scheduler = config.rho_scheduler()
+    if name.endswith("sam") and scheduler is not None:
+        callbacks.append(scheduler)
+    if config.noise_curves:
+        callbacks.append(NoiseMonitor(
+            data.x_train, noisy, test_data=(data.x_test, data.y_test)
+        ))
+    keras.utils.set_random_seed(config.seed)  # same shuffling for all
+    start = time.perf_counter()
+    history = model.fit(
+        data.x_train,
+        labels,
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        validation_data=(data.x_test, data.y_test),
+        verbose=0,
+        callbacks=callbacks,
+    )
+    return history.history, time.perf_counter() - start
+
+
+def _summarize(history: dict) -> dict:
+    """Best and final clean test accuracy, final (noisy) train accuracy."""
+    row = common.summarize(history)
+    return {
+        "best_test_acc": row["best_test_acc"],
+        "best_epoch": row["best_epoch"],
+        "final_test_acc": row["final_test_acc"],
+        "final_train_acc_noisy_labels": row["final_train_acc"],
+    }
+
+
+def _write_results(run_dir, histories, summary, config: Config) -> None:
+    """history.csv, summary.csv, accuracy.png and the noise curves' files."""
+    path = lambda name: os.path.join(run_dir, name)  # noqa: E731
+    results.write_csv(path("history.csv"), [
+        {"method": name, "epoch": epoch, "train_acc_noisy_labels": acc,
+         "test_acc": val_acc, "loss": loss}
+        for name, h in histories.items()
+        for epoch, (acc, val_acc, loss) in enumerate(
+            zip(h["accuracy"], h["val_accuracy"], h["loss"]), start=1
         )
-        for name, history in histories.items():
-            for epoch, (acc, val_acc, loss) in enumerate(
-                zip(history["accuracy"], history["val_accuracy"], history["loss"]),
-                start=1,
-            ):
-                writer.writerow([name, epoch, acc, val_acc, loss])
-
-
-def _write_summary(path: str, summary: dict) -> None:
-    rows = list(summary.values())
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    ])
+    results.write_csv(path("summary.csv"), summary.values())
+    _plot(path("accuracy.png"), histories, config)
+    if config.noise_curves:
+        results.write_csv(path("noise_history.csv"), [
+            {"method": name, "epoch": epoch, **dict(zip(_NOISE_KEYS, values))}
+            for name, h in histories.items()
+            for epoch, values in enumerate(
+                zip(*(h[key] for key in _NOISE_KEYS)), start=1
+            )
+        ])
+        _plot_noise_curves(path("noise_curves.png"), histories, config)
 
 
 def _plot(path: str, histories: dict, config: Config) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = results.pyplot().subplots(figsize=(6, 4))
     for name, history in histories.items():
         epochs = np.arange(1, len(history["val_accuracy"]) + 1)
         label = _label(name, config)
@@ -261,15 +261,11 @@ def _plot(path: str, histories: dict, config: Config) -> None:
             label=f"{label}: train (noisy labels)",
         )
     ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy")
     ax.set_title(
         f"digits, {config.noise_rate:.0%} symmetric label noise"
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    results.save_figure(fig, path, ylabel="accuracy", legend=True)
 
 
 _NOISE_KEYS = (
@@ -279,52 +275,33 @@ _NOISE_KEYS = (
     "test_accuracy",
     "best_test_accuracy",
 )
-
-
-def _write_noise_history(path: str, histories: dict) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["method", "epoch", *_NOISE_KEYS])
-        for name, history in histories.items():
-            columns = [history[key] for key in _NOISE_KEYS]
-            for epoch, values in enumerate(zip(*columns), start=1):
-                writer.writerow([name, epoch, *values])
+_NOISE_PANELS = (
+    ("clean test accuracy", [("test_accuracy", "-")]),
+    ("training accuracy, clean examples", [("train_clean_accuracy", "-")]),
+    (
+        "training accuracy, noisy examples",
+        [("train_noisy_accuracy", "-"), ("train_noisy_true_accuracy", ":")],
+    ),
+)
+_NOISE_SUFFIXES = {
+    "train_noisy_accuracy": " vs noisy labels (memorised)",
+    "train_noisy_true_accuracy": " vs true labels",
+}
 
 
 def _plot_noise_curves(path: str, histories: dict, config: Config) -> None:
     """Baek et al. figs 1-2: test, clean-train and noisy-train accuracy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    panels = (
-        ("clean test accuracy", [("test_accuracy", "-")]),
-        ("training accuracy, clean examples", [("train_clean_accuracy", "-")]),
-        (
-            "training accuracy, noisy examples",
-            [
-                ("train_noisy_accuracy", "-"),
-                ("train_noisy_true_accuracy", ":"),
-            ],
-        ),
-    )
-    fig, axes = plt.subplots(1, 3, figsize=(18, 4.2))
-    for ax, (title, curves) in zip(axes, panels):
+    fig, axes = results.pyplot().subplots(1, 3, figsize=(18, 4.2))
+    for ax, (title, curves) in zip(axes, _NOISE_PANELS):
         for i, (name, history) in enumerate(histories.items()):
             epochs = np.arange(1, len(history["test_accuracy"]) + 1)
             for key, style in curves:
-                suffix = ""
-                if key == "train_noisy_accuracy":
-                    suffix = " vs noisy labels (memorised)"
-                elif key == "train_noisy_true_accuracy":
-                    suffix = " vs true labels"
                 ax.plot(
                     epochs,
                     history[key],
                     linestyle=style,
                     color=f"C{i}",
-                    label=_label(name, config) + suffix,
+                    label=_label(name, config) + _NOISE_SUFFIXES.get(key, ""),
                 )
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
@@ -332,14 +309,11 @@ def _plot_noise_curves(path: str, histories: dict, config: Config) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     axes[2].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
-    axes[0].set_ylabel("accuracy")
-    fig.suptitle(
-        f"digits, {config.noise_rate:.0%} symmetric label noise "
-        f"({config.epochs} epochs, seed {config.seed})"
+    results.save_figure(
+        fig, path, ylabel="accuracy",
+        title=f"digits, {config.noise_rate:.0%} symmetric label noise "
+        f"({config.epochs} epochs, seed {config.seed})",
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _print_table(summary: dict, config: Config, run_dir: str) -> None:
