@@ -20,6 +20,7 @@ from tests.helpers import RHO
 from tests.helpers import assert_weights_close
 from tests.helpers import build
 from tests.helpers import initial_weights
+from tests.helpers import max_difference
 from tests.helpers import mirrored
 from tests.helpers import weights_of
 
@@ -229,3 +230,37 @@ def test_policy_state_stays_out_of_the_model_weights():
     assert not {id(v) for v in model.weights} & {
         id(v) for v in state.direction + state.mask + state.trigger_stats
     }
+
+
+def test_momentum_sam_with_adam_perturbs_along_its_first_moment():
+    """With Adam, v is Adam's first moment m (a moving mean of g): each step
+    takes the gradient at w - rho m/||m|| and applies it with Adam."""
+    x, y = reference.tiny_data()
+    lr, b1, b2, epsilon = 0.01, 0.9, 0.999, 1e-7
+    model = build(rho=RHO, perturbation="momentum",
+                  optimizer=keras.optimizers.Adam(lr))
+    model.fit(x, y, batch_size=len(y), epochs=STEPS, shuffle=False,
+              verbose=0)
+
+    w = [np.asarray(v, np.float64) for v in initial_weights()]
+    m = [np.zeros_like(v) for v in w]
+    v2 = [np.zeros_like(v) for v in w]
+    for t in range(1, STEPS + 1):
+        norm = flat_norm(m)
+        eps = [-RHO * a / norm if norm > 0 else 0 * a for a in m]
+        g = reference.gradient(
+            [(a + e).astype("float32") for a, e in zip(w, eps)], x, y
+        )
+        g = [np.asarray(b, np.float64) for b in g]
+        m = [a + (1 - b1) * (b - a) for a, b in zip(m, g)]
+        v2 = [a + (1 - b2) * (b * b - a) for a, b in zip(v2, g)]
+        alpha = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
+        w = [a - alpha * mi / (np.sqrt(vi) + epsilon)
+             for a, mi, vi in zip(w, m, v2)]
+    # float64 by hand: Adam's m / sqrt(v) amplifies float32 rounding.
+    assert_weights_close(weights_of(model), w, atol=1e-5)
+    # Not plain Adam: the perturbation moved the gradients.
+    plain = build(rho=0.0, optimizer=keras.optimizers.Adam(lr))
+    plain.fit(x, y, batch_size=len(y), epochs=STEPS, shuffle=False,
+              verbose=0)
+    assert max_difference(weights_of(plain), w) > 1e-2  # 0.03 here
