@@ -50,6 +50,11 @@ import tensorflow as tf
 
 import keras_sam
 
+# Run as `python tools/<tool>.py`: `experiments` is in the repository root.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import common  # noqa: E402
+from experiments import models  # noqa: E402
+
 # SAMModel keyword arguments of every method; None is the plain Keras model.
 # A callable value is called with the per-replica batch size.
 METHODS = {
@@ -107,51 +112,21 @@ def build_model(name: str):
     """A fresh model and the shape of one example, for `name`."""
     keras.utils.set_random_seed(0)
     if name == "mlp":  # the demo model: digits, 64-128-128-10
-        shape = (64,)
-        layers = [
-            keras.layers.Dense(128, activation="relu"),
-            keras.layers.Dense(128, activation="relu"),
-        ]
-    elif name == "cnn":  # a small CNN on 32x32x3 images
-        shape = (32, 32, 3)
-        layers = [
-            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Flatten(),
-            keras.layers.Dense(128, activation="relu"),
-        ]
-    else:  # a CIFAR ResNet-20, LayerNorm so that 1-SAM applies
-        shape = (32, 32, 3)
-        return _resnet(shape), shape
-    model = keras.Sequential(
-        [keras.Input(shape), *layers, keras.layers.Dense(10, dtype="float32")]
-    )
+        return models.mlp((64,), 10), (64,)
+    shape = (32, 32, 3)
+    if name == "resnet":  # He et al.'s CIFAR ResNet-20, LayerNorm: 1-SAM
+        return models.cifar_resnet(shape, 10, depth=20, norm="layer"), shape
+    model = keras.Sequential([  # a small CNN on 32x32x3 images
+        keras.Input(shape),
+        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(),
+        keras.layers.Dense(128, activation="relu"),
+        keras.layers.Dense(10, dtype="float32"),
+    ])
     return model, shape
-
-
-def _resnet(shape, depth=20, widths=(16, 32, 64)):
-    """He et al.'s CIFAR ResNet (6n+2 layers) with LayerNorm."""
-    blocks = (depth - 2) // 6
-    inputs = keras.Input(shape)
-    x = keras.layers.Conv2D(widths[0], 3, padding="same")(inputs)
-    for stage, width in enumerate(widths):
-        for block in range(blocks):
-            stride = 2 if stage > 0 and block == 0 else 1
-            shortcut = x
-            x = keras.layers.LayerNormalization()(x)
-            x = keras.layers.ReLU()(x)
-            if stride > 1 or shortcut.shape[-1] != width:
-                shortcut = keras.layers.Conv2D(width, 1, strides=stride)(x)
-            x = keras.layers.Conv2D(width, 3, strides=stride, padding="same")(x)
-            x = keras.layers.LayerNormalization()(x)
-            x = keras.layers.ReLU()(x)
-            x = keras.layers.Conv2D(width, 3, padding="same")(x)
-            x = keras.layers.Add()([x, shortcut])
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(10, dtype="float32")(x)
-    return keras.Model(inputs, outputs, name="resnet20")
 
 
 def method_kwargs(method: str, per_replica_batch: int):
@@ -303,11 +278,7 @@ def main(argv):
     batch_size = _BATCH_SIZE.value or (
         16 if _SMOKE.value else BATCH_SIZES[_MODEL.value]
     )
-    strategy = (
-        tf.distribute.MirroredStrategy()
-        if _STRATEGY.value == "mirrored"
-        else tf.distribute.get_strategy()
-    )
+    strategy = common.make_strategy(_STRATEGY.value)
     rows = run(
         _MODEL.value, _METHODS.value, batch_size, steps, rounds, _JIT.value,
         strategy,

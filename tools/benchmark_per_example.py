@@ -22,7 +22,9 @@ Usage (from the repository root):
     python tools/benchmark_per_example.py --model=mixer --nojit
 """
 
+import os
 import statistics
+import sys
 import time
 
 from absl import app
@@ -35,6 +37,10 @@ import tensorflow as tf
 from keras_sam.core import per_example
 from keras_sam.core import tensorflow as backend
 from keras_sam.options import SAMOptions
+
+# Run as `python tools/<tool>.py`: `experiments` is in the repository root.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import models  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -93,16 +99,9 @@ def mixer_classifier(tokens=8, channels=8, classes=10, width=32, blocks=2):
 def build_model(name):
     """A fresh compiled model and the shape of one example."""
     keras.utils.set_random_seed(0)
-    if name == "mlp":
+    if name == "mlp":  # the demo model: digits, 64-128-128-10
         shape = (64,)
-        model = keras.Sequential(
-            [
-                keras.Input(shape),
-                keras.layers.Dense(128, activation="relu"),
-                keras.layers.Dense(128, activation="relu"),
-                keras.layers.Dense(10),
-            ]
-        )
+        model = models.mlp(shape, 10)
     else:
         shape = (8, 8)
         model = mixer_classifier()

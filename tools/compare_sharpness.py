@@ -7,7 +7,7 @@ lambda_max / lambda_5, Foret et al. section 4.2), the Hessian trace by
 Hutchinson, and the m-sharpness (section 4.1); then draws the loss along the
 segment between the two models, a 1-D and a 2-D filter-normalised random
 slice around each (Li et al. 2018). The data are the digits training split
-by default (`keras_sam.datasets.load_digits`), optionally with the same
+by default (`experiments.data.load`), optionally with the same
 symmetric label noise the models were trained on.
 
 Usage (from the repository root):
@@ -27,6 +27,7 @@ Writes to `--output_dir`: `comparison.csv` (one row per model),
 
 import csv
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -35,13 +36,16 @@ import keras
 import numpy as np
 
 import keras_sam  # noqa: F401  (registers SAMModel for load_model)
-from keras_sam import datasets
 from keras_sam.diagnostics import stateless_loss
 from keras_sam.diagnostics import hessian
 from keras_sam.diagnostics import landscape
 from keras_sam.diagnostics import plots
 from keras_sam import noise
 from keras_sam.diagnostics import sharpness
+
+# Run as `python tools/<tool>.py`: `experiments` is in the repository root.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import data as data_lib  # noqa: E402
 
 _MODEL_A = flags.DEFINE_string(
     "model_a", None, "First .keras model (e.g. SGD).", required=True
@@ -98,8 +102,11 @@ COLUMNS = [
 def load_data(model, split, noise_rate, noise_seed, max_examples):
     """Digits arrays shaped for `model`'s input, with optional noise."""
     image = tuple(model.inputs[0].shape[1:]) == (8, 8, 1)
-    digits = datasets.load_digits(image=image)
-    x, y = digits.train if split == "train" else digits.test
+    digits = data_lib.load("digits", image=image)
+    if split == "train":
+        x, y = digits.x_train, digits.y_train
+    else:
+        x, y = digits.x_test, digits.y_test
     if noise_rate > 0:
         if split != "train":
             raise ValueError(

@@ -17,26 +17,33 @@ Usage (from the repository root):
         --epochs=20 --batch_size=128 --output_dir=runs/search_rho
 
 `--dataset` is "digits" (embedded, offline) or a TensorFlow Datasets name
-with "image" and "label" features (cifar10, cifar100, svhn_cropped,
-fashion_mnist; `tfds.load` must be able to find or download it). Writes
+that `experiments.data.load` knows (cifar10, cifar100, svhn_cropped,
+fashion_mnist; `tfds.load` must be able to find or download it). The model
+is `experiments.models`' MLP (`--model=mlp`) or small CNN (`--model=cnn`),
+`--hidden_units` wide; images are normalised by the model's first layer.
+Writes
 `<output_dir>/<run name>/trials.csv` and `val_accuracy_vs_rho.png`, next to
 KerasTuner's files, and prints the trials and the winner.
 """
 
-import csv
 import functools
 import os
+import sys
 import warnings
 
 from absl import app
 from absl import flags
 
 import keras
-import numpy as np
 
-from keras_sam import datasets
 from keras_sam import noise
 from keras_sam import tuning
+
+# Run as `python tools/<tool>.py`: `experiments` is in the repository root.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import data as data_lib  # noqa: E402
+from experiments import models  # noqa: E402
+from experiments import results  # noqa: E402
 
 def define_flags(flag_values=flags.FLAGS):
     """Defines this tool's flags (only when run, so imports never clash)."""
@@ -88,54 +95,23 @@ _CONFIG_KEYS = (
 )
 
 
-def load_data(name: str, image: bool, data_dir=None, seed: int = 0):
-    """`(x_train, y_train, x_test, y_test, num_classes)` of a data set."""
-    if name == "digits":
-        data = datasets.load_digits(image=image, seed=seed)
-        return (*data.train, *data.test, data.num_classes)
-    import tensorflow_datasets as tfds
+def build_model(config: dict, data: data_lib.Data) -> keras.Model:
+    """The searched model: `experiments.models`' MLP or small CNN.
 
-    (train, test), info = tfds.load(
-        name,
-        split=["train", "test"],
-        as_supervised=True,
-        with_info=True,
-        data_dir=data_dir,
+    "mlp" has two hidden layers of `hidden_units`; "cnn" is `small_cnn`
+    with `hidden_units / 4` and `/ 2` filters, without normalisation
+    layers. Both normalise raw tfds images by the per-channel statistics
+    of the training set (digits are already in [0, 1]).
+    """
+    if config["model"] == "cnn":
+        name = "small_cnn"
+        kwargs = {"filters": max(config["hidden_units"] // 4, 1), "norm": None}
+    else:
+        name, kwargs = "mlp", {"hidden_units": config["hidden_units"]}
+    return models.build(
+        name, data.input_shape, data.num_classes, data.mean, data.std,
+        **kwargs,
     )
-    num_classes = info.features["label"].num_classes
-    return (*_to_numpy(train), *_to_numpy(test), num_classes)
-
-
-def _to_numpy(dataset):
-    """`(x, y)` arrays of a supervised tf.data data set."""
-    import tensorflow_datasets as tfds
-
-    xs, ys = [], []
-    for x, y in tfds.as_numpy(dataset.batch(4096)):
-        xs.append(x)
-        ys.append(y)
-    return np.concatenate(xs), np.concatenate(ys).astype("int32")
-
-
-def build_model(input_shape, num_classes, kind, hidden_units, uint8_inputs):
-    """A small MLP or CNN returning logits."""
-    layers = [keras.Input(input_shape)]
-    if uint8_inputs:
-        layers.append(keras.layers.Rescaling(1.0 / 255))
-    if kind == "cnn":
-        for filters in (hidden_units // 4, hidden_units // 2):
-            layers += [
-                keras.layers.Conv2D(filters, 3, padding="same",
-                                    activation="relu"),
-                keras.layers.MaxPooling2D(),
-            ]
-    layers += [
-        keras.layers.Flatten(),
-        keras.layers.Dense(hidden_units, activation="relu"),
-        keras.layers.Dense(hidden_units, activation="relu"),
-        keras.layers.Dense(num_classes),
-    ]
-    return keras.Sequential(layers)
 
 
 def run_name(config: dict) -> str:
@@ -153,25 +129,14 @@ def run_name(config: dict) -> str:
     )
 
 
-def write_csv(rows, path):
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def plot(rows, best, title, path):
     """Validation accuracy against rho on a log axis, winner marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
     from matplotlib import ticker
 
     done = sorted(
         (r["rho"], r["score"]) for r in rows if r["score"] is not None
     )
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = results.pyplot().subplots(figsize=(6, 4))
     ax.plot(*zip(*done), "o-" if len(done) > 1 else "o", label="trials")
     ax.plot([best.best_rho], [best.best_score], "r*", markersize=14,
             label=f"best rho = {best.best_rho:.3g}")
@@ -188,9 +153,7 @@ def plot(rows, best, title, path):
     ax.set_ylabel("best validation accuracy (clean labels)")
     ax.set_title(title, fontsize=7)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    results.save_figure(fig, path)
 
 
 def format_table(rows) -> str:
@@ -208,21 +171,18 @@ def format_table(rows) -> str:
     return "\n".join(lines)
 
 
-def run_search(config: dict, x, y, num_classes) -> tuning.SearchResult:
+def run_search(config: dict, data: data_lib.Data) -> tuning.SearchResult:
     """The grid or Bayesian search of rho that `config` describes."""
     label_noise = None
     if config["noise_rate"] > 0:
         label_noise = functools.partial(
             noise.symmetric_noise,
             rate=config["noise_rate"],
-            num_classes=num_classes,
+            num_classes=data.num_classes,
             seed=config["seed"],
         )
     hypermodel = tuning.SAMHyperModel(
-        functools.partial(
-            build_model, x.shape[1:], num_classes, config["model"],
-            config["hidden_units"], x.dtype == np.uint8,
-        ),
+        functools.partial(build_model, config, data),
         optimizer=keras.optimizers.SGD(
             config["learning_rate"], momentum=config["momentum"]
         ),
@@ -241,6 +201,7 @@ def run_search(config: dict, x, y, num_classes) -> tuning.SearchResult:
         overwrite=config["overwrite"],
         verbose=config["verbose"],
     )
+    x, y = data.x_train, data.y_train
     if config["search"] == "grid":
         return tuning.grid_search(
             hypermodel, x, y, rho_values=config["rho_values"],
@@ -270,14 +231,14 @@ def add_test_accuracy(result: tuning.SearchResult, x_test, y_test):
 def search_and_report(config: dict) -> tuning.SearchResult:
     """Runs the search described by `config` and writes its results."""
     keras.utils.set_random_seed(config["seed"])
-    x, y, x_test, y_test, num_classes = load_data(
-        config["dataset"], config["model"] == "cnn", config["data_dir"],
-        config["seed"],
+    data = data_lib.load(
+        config["dataset"], image=config["model"] == "cnn",
+        seed=config["seed"], data_dir=config["data_dir"],
     )
-    result = run_search(config, x, y, num_classes)
-    add_test_accuracy(result, x_test, y_test)  # for context
+    result = run_search(config, data)
+    add_test_accuracy(result, data.x_test, data.y_test)  # for context
     out_dir = result.tuner.project_dir
-    write_csv(result.trials, os.path.join(out_dir, "trials.csv"))
+    results.write_csv(os.path.join(out_dir, "trials.csv"), result.trials)
     plot(result.trials, result, run_name(config), os.path.join(
         out_dir, "val_accuracy_vs_rho.png"))
     print(format_table(result.trials))
