@@ -36,6 +36,25 @@ _LABELS = {
     "boot_sgd": "Bootstrap + SGD",
     "boot_sam": "Bootstrap + SAM",
     "boot_mixup": "Bootstrap + Mixup",
+    # The cheap-SAM family (issue 16; configs/cheap_sam.py), each with rho.
+    "sam_every2": "SAM every 2nd step",
+    "sam_every5": "SAM every 5th step",
+    "late_sam": "Late-phase SAM (last half)",
+    "ae_sam": "AE-SAM",
+    "looksam5": "LookSAM, k = 5",
+    "msam": "Momentum-SAM",
+}
+
+# SAM options of each cheap-SAM member (Zhou et al. 2024 for late-phase
+# SAM, Jiang et al. 2023 AE-SAM, Liu et al. 2022 LookSAM, Becker et al.
+# 2024 Momentum-SAM); "late_sam" also gets `total_steps`.
+CHEAP_SAM = {
+    "sam_every2": {"sam_every": 2},
+    "sam_every5": {"sam_every": 5},
+    "late_sam": {"sam_from": 0.5},
+    "ae_sam": {"trigger": "adaptive"},
+    "looksam5": {"sam_every": 5, "off_step": "looksam"},
+    "msam": {"perturbation": "momentum"},
 }
 
 
@@ -57,11 +76,16 @@ class Config(common.BaseConfig):
             name += f"-{self.high_noise_rho:g}"
         if "mixup" in self.methods or "boot_mixup" in self.methods:
             name += f"_mixup{self.mixup_alpha:g}"
+        if set(self.methods) & set(CHEAP_SAM):
+            name += "_cheap"
         return f"{name}_{self.seeds_name()}"
 
 
-def methods_for(config: Config, rate: float) -> list:
-    """The `Method`s at noise `rate`, bootstrap sources first."""
+def methods_for(config: Config, rate: float, total_steps=None) -> list:
+    """The `Method`s at noise `rate`, bootstrap sources first.
+
+    `total_steps` (the run's optimizer steps) places late-phase SAM.
+    """
     rho = config.rho
     if config.high_noise_rho is not None and rate >= 0.8:
         rho = config.high_noise_rho
@@ -70,6 +94,9 @@ def methods_for(config: Config, rate: float) -> list:
         "sam": {"sam": {"rho": rho}},
         "mixup": {"mixup_alpha": config.mixup_alpha},
     }
+    for key, options in CHEAP_SAM.items():
+        steps = {"total_steps": total_steps} if key == "late_sam" else {}
+        kinds[key] = {"sam": {"rho": rho, **options, **steps}}
     unknown = set(config.methods) - set(_LABELS)
     if unknown:
         raise ValueError(
@@ -83,7 +110,7 @@ def methods_for(config: Config, rate: float) -> list:
         methods.append(common.Method(
             key, _LABELS[key], **kinds[base],
             bootstrap_from=base if key.startswith("boot_") else None,
-            columns={"rho": rho} if base == "sam" else {},
+            columns={"rho": rho} if "sam" in kinds[base] else {},
         ))
     return methods
 
@@ -106,10 +133,12 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
 
 
 def _trials(config, data, seed):
+    # Training batches are static (drop_remainder), so a run has exactly:
+    total_steps = config.epochs * (len(data.y_train) // config.batch_size)
     for rate in config.noise_rates:
         yield study.noise_trial(
-            config, data, seed, methods_for(config, rate), rate=rate,
-            title=f"noise {rate:.0%}, seed {seed}",
+            config, data, seed, methods_for(config, rate, total_steps),
+            rate=rate, title=f"noise {rate:.0%}, seed {seed}",
         )
 
 

@@ -42,6 +42,19 @@ def _check_outputs(out, files):
 
 
 @pytest.mark.slow  # end-to-end study run
+def test_cheap_sam_config_runs_every_member(tmp_path):
+    config = cli.load_config("cheap_sam")
+    config = dataclasses.replace(config, **TINY)
+    out = noise_robustness.train_and_evaluate(config, str(tmp_path))
+    _check_outputs(out, ["runs.csv", "results.csv"])
+    assert [r["key"] for r in out["runs"]] == [
+        "sgd", "sam", *noise_robustness.CHEAP_SAM]
+    assert config.run_name().endswith("_cheap_seeds0")
+    late = noise_robustness.methods_for(config, 0.4, total_steps=20)
+    late = {m.key: m.sam for m in late}["late_sam"]
+    assert late == {"rho": 0.2, "sam_from": 0.5, "total_steps": 20}
+
+
 def test_noise_robustness_digits(tmp_path):
     config = noise_robustness.Config(
         **TINY, noise_rates=(0.8,), high_noise_rho=0.05,
