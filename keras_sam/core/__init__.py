@@ -3,7 +3,7 @@
 - `step.py`: the algorithm (ascent, perturbation pipeline, descent), written
   in `keras.ops` (with `keras_sam/perturbation.py`) against an
   `evaluate(weights, batch)` function that returns a `Pass`: it runs on
-  TensorFlow, JAX and PyTorch (tests/test_backends.py).
+  TensorFlow, JAX and PyTorch (tests/core/test_backends.py).
 - `tensorflow.py`: what is backend-specific: one pass of a Keras model
   without side effects (`keras.StatelessScope` + `tf.GradientTape`), the
   map over m-groups, the conditional SAM step and the replica's random

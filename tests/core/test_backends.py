@@ -2,8 +2,8 @@
 
 `keras_sam.core.step` and `keras_sam.perturbation` are written in
 `keras.ops`: each backend (a fresh process per `KERAS_BACKEND`, see
-`tests/backend_step.py`) takes the same descent gradients, equal to a NumPy
-hand computation and to each other. `SAMModel` itself still runs on
+`tests/core/backend_step.py`) takes the same descent gradients, equal to a
+NumPy hand computation and to each other. `SAMModel` itself still runs on
 TensorFlow only (`keras_sam/core/tensorflow.py` is its one backend module).
 """
 
@@ -17,9 +17,10 @@ import sys
 import numpy as np
 import pytest
 
-from tests import backend_step
+from tests.core import backend_step
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 BACKENDS = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 
 pytestmark = pytest.mark.slow  # one subprocess per backend
@@ -31,7 +32,7 @@ def run_on(backend):
         pytest.skip(f"{BACKENDS[backend]} is not installed")
     env = dict(os.environ, KERAS_BACKEND=backend, CUDA_VISIBLE_DEVICES="")
     result = subprocess.run(
-        [sys.executable, "-m", "tests.backend_step"], cwd=ROOT, env=env,
+        [sys.executable, "-m", "tests.core.backend_step"], cwd=ROOT, env=env,
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]

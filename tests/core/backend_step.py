@@ -1,9 +1,9 @@
 """SAM's algorithm half (`keras_sam.core.step`) on one Keras backend.
 
-Run as `KERAS_BACKEND=<name> python -m tests.backend_step`: takes one
+Run as `KERAS_BACKEND=<name> python -m tests.core.backend_step`: takes one
 descent gradient per variant of a small linear least-squares problem with
 `step.descent`, each pass's gradient from the backend's own autodiff, and
-prints them as JSON. `tests/test_backends.py` compares the backends with
+prints them as JSON. `tests/core/test_backends.py` compares the backends with
 each other and with a NumPy hand computation.
 """
 

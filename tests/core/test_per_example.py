@@ -23,7 +23,8 @@ from keras_sam.options import SAMOptions
 RHO = 0.1
 RULES = ("sam", "logit", "jacobian")
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 
 
 @functools.lru_cache(maxsize=None)
