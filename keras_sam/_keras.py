@@ -4,6 +4,19 @@ Each item names why no public route exists. All are checked on the declared
 range, Keras 3.14-3.15 (CI runs the oldest and the pinned one); the oldest
 Keras each item exists in is noted. When Keras grows a public route, change
 it here only.
+
+Three private *methods* are overridden, which only a subclass can do; they
+stay in their classes, listed here so that this file is the full inventory:
+- `TensorFlowTrainer._maybe_symbolic_build` and `_make_function`
+  (`distribution.MultiWorkerFix`): the multi-worker `fit` bugs
+  keras-team/keras#20585 and tensorflow/tensorflow#72388, and the settings
+  checks that must run where the step function is made;
+- `BackupAndRestore._save_model` and `_load_model`
+  (`callbacks.ExactBackupAndRestore`): the random state and the batches
+  already done must be saved and restored with the backup itself;
+- `Function._run_through_graph` (`ClonedSettings` below): `clone_model`.
+TensorFlow's `strategy.extended._in_multi_worker_mode()` is read here too
+(`in_multi_worker_mode`).
 """
 
 import contextlib
@@ -229,3 +242,12 @@ def clone_source(inputs):
         return None
     _clone.source = None
     return source[1]
+
+
+def in_multi_worker_mode(strategy) -> bool:
+    """Whether a MultiWorkerMirroredStrategy spans more than one worker.
+
+    `tf.distribute` has no public accessor (`cluster_resolver` tells the
+    cluster spec, not whether the strategy was built for it).
+    """
+    return bool(strategy.extended._in_multi_worker_mode())

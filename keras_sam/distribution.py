@@ -95,7 +95,7 @@ def is_multi_worker(strategy) -> bool:
     """True for a `MultiWorkerMirroredStrategy` over more than one worker."""
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return False
-    return bool(strategy.extended._in_multi_worker_mode())
+    return _keras.in_multi_worker_mode(strategy)
 
 
 def uses_collective_all_reduce(strategy) -> bool:
