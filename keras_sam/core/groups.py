@@ -20,7 +20,10 @@ import collections
 import numbers
 from typing import Callable, Optional
 
+import keras
 import tensorflow as tf
+
+from keras_sam import _keras
 
 
 def check_m(m: Optional[int]) -> Optional[int]:
@@ -293,3 +296,24 @@ def merge_updates(updates: dict, state: list, metric_ids: set) -> dict:
         else:
             merged[i] = values[0]
     return merged
+
+
+def group_size(model, m: Optional[int], batch) -> Optional[int]:
+    """The `m` to split `batch` by, or None when it is one group.
+
+    Raises:
+        ValueError: m=1 on a model with BatchNormalization (a batch of one).
+    """
+    if m is None:
+        return None
+    if m == 1:
+        for layer in _keras.flatten_layers(model):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                raise ValueError(
+                    f"m=1 (1-SAM) gives BatchNormalization layer "
+                    f"{layer.name!r} a batch of a single example. Use a "
+                    "model with LayerNormalization or GroupNormalization "
+                    "(as Baek et al. do), or m >= 2."
+                )
+    n = batch_size(batch[0])
+    return None if isinstance(n, int) and n == m else m

@@ -157,6 +157,13 @@ def use_sam(options, rho, iterations, state=None, grad_norm=None):
     return decision
 
 
+def rho_decides_alone(options) -> bool:
+    """Whether `use_sam` is just `rho > 0`: no `sam_every`, late start or
+    adaptive trigger."""
+    return (options.sam_every == 1 and start_step(options) == 0
+            and options.trigger == "always")
+
+
 def ae_sam_trigger(options, state, grad_norm, iterations):
     """AE-SAM: updates the moving mean and variance of ||g||^2, then SAM
     if ||g||^2 >= mu_t + c_t sigma_t.

@@ -137,7 +137,7 @@ def sam_gradients(
     state = []
     evaluate = make_evaluate(model, state)
     seeds = _seeds(model, options)
-    m = _group_size(model, options, batch)
+    m = groups.group_size(model, options.m, batch)
     if m is None:
         result, updates = _whole_batch(
             model, evaluate, batch, options, rho, seeds, step_state
@@ -199,7 +199,9 @@ def _whole_batch(model, evaluate, batch, options, rho, seeds, step_state):
         stats = (one.loss, one.loss, _unscaled_norm(model, one.grads))
         return grads, one.y_pred, stats, one.updates
 
-    grads, y_pred, (loss, loss2, norm), updates = tf.cond(use_sam, sam, base)
+    grads, y_pred, (loss, loss2, norm), updates = _branch(
+        model, options, use_sam, sam, base
+    )
     stats = _stats_from(loss, loss2, norm, use_sam)
     return StepResult(grads, y_pred, loss, stats), updates
 
@@ -287,11 +289,33 @@ def _grouped(model, evaluate, batch, options, rho, seeds, use_sam, m, state):
         sam = lambda: per_example.sam_branch(model, batch, options, rho, state)
     else:
         sam = groups.if_divisible(n, m, in_groups, lambda: one_group(batch))
-    grads, y_pred, (loss, loss2, norm), updates = tf.cond(
-        use_sam, sam, base
+    grads, y_pred, (loss, loss2, norm), updates = _branch(
+        model, options, use_sam, sam, base
     )
     stats = _stats_from(loss, loss2, norm, use_sam)
     return StepResult(grads, y_pred, loss, stats), updates
+
+
+def _branch(model, options, use_sam, sam, base):
+    """`tf.cond(use_sam, sam, base)`: a step that skips SAM costs one pass.
+
+    Except under XLA on CPU, whose convolutions inside a conditional (or a
+    loop) lose their fast path and run about 100 times slower
+    (jax-ml/jax#12868, open; measured 9.8 s vs 0.1 s per step on the
+    benchmark CNN): there, when only rho decides, the SAM branch runs
+    unconditionally. With rho == 0 it gives the base gradient all the same
+    (eps = 0, so the second pass is at w), at the cost of a second pass.
+    """
+    if _xla_on_cpu(model) and policy.rho_decides_alone(options):
+        return sam()
+    return tf.cond(use_sam, sam, base)
+
+
+def _xla_on_cpu(model) -> bool:
+    return model.jit_compile is True and not (
+        tf.config.list_logical_devices("GPU")
+        or tf.config.list_logical_devices("TPU")
+    )
 
 
 def _dense(grads) -> list:
@@ -299,24 +323,6 @@ def _dense(grads) -> list:
     and a grouped step's mean gradient is dense where an embedding's own
     gradient is `tf.IndexedSlices`."""
     return [tf.convert_to_tensor(g) for g in grads]
-
-
-def _group_size(model, options, batch):
-    """The `m` to split by, or None when the whole batch is one group."""
-    m = options.m
-    if m is None:
-        return None
-    if m == 1:
-        for layer in _keras.flatten_layers(model):
-            if isinstance(layer, keras.layers.BatchNormalization):
-                raise ValueError(
-                    f"m=1 (1-SAM) gives BatchNormalization layer "
-                    f"{layer.name!r} a batch of a single example. Use a "
-                    "model with LayerNormalization or GroupNormalization "
-                    "(as Baek et al. do), or m >= 2."
-                )
-    n = groups.batch_size(batch[0])
-    return None if isinstance(n, int) and n == m else m
 
 
 def _check_logit_loss(model, rule):
