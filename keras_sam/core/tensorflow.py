@@ -10,6 +10,7 @@ committed, after the step: batch statistics, seed generators and metrics
 advance exactly as under `keras.Model`.
 """
 
+import warnings
 from typing import NamedTuple
 
 import keras
@@ -306,8 +307,16 @@ def _branch(model, options, use_sam, sam, base):
     unconditionally. With rho == 0 it gives the base gradient all the same
     (eps = 0, so the second pass is at w), at the cost of a second pass.
     """
-    if _xla_on_cpu(model) and policy.rho_decides_alone(options):
-        return sam()
+    if _xla_on_cpu(model):
+        if policy.rho_decides_alone(options):
+            return sam()
+        warnings.warn(
+            "Under XLA on CPU, the step of `sam_every`, `sam_from` or "
+            "trigger='adaptive' is a tf.cond, in which convolutions run "
+            "about 100x slower (jax-ml/jax#12868). Compile with "
+            "jit_compile=False on CPU (XLA on GPU/TPU is unaffected).",
+            stacklevel=2,
+        )
     return tf.cond(use_sam, sam, base)
 
 

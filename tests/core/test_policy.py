@@ -9,6 +9,8 @@ gives every replica its own half of the batch and its own policy state
 as the optimizer does.
 """
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -264,3 +266,14 @@ def test_momentum_sam_with_adam_perturbs_along_its_first_moment():
     plain.fit(x, y, batch_size=len(y), epochs=STEPS, shuffle=False,
               verbose=0)
     assert max_difference(weights_of(plain), w) > 1e-2  # 0.03 here
+
+
+def test_a_policy_under_xla_on_cpu_warns_that_convolutions_are_slow():
+    x, y = reference.tiny_data()
+    model = build(rho=RHO, sam_every=2, jit_compile=True)
+    with pytest.warns(UserWarning, match=r"jit_compile=False.*"):
+        model.fit(x, y, batch_size=len(y), epochs=1, verbose=0)
+    plain = build(rho=RHO, jit_compile=True)  # only rho decides: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        plain.fit(x, y, batch_size=len(y), epochs=1, verbose=0)
