@@ -673,6 +673,28 @@ def test_keras_file_keeps_rho_options_and_continues(tmp_path):
     assert_weights_equal(model, loaded)
 
 
+def test_on_batch_methods_match_keras_model():
+    """`train_on_batch`, `test_on_batch` and `predict_on_batch` with rho=0
+    give what keras.Model gives; SAM's keys only in training logs."""
+    outputs = {}
+    for flavour in (PLAIN, Flavour(sam=True, rho=0.0)):
+        keras.utils.set_random_seed(0)
+        model = mlp(flavour)
+        model.compile(optimizer="sgd", loss=ce(), metrics=["accuracy"])
+        logs = [model.train_on_batch(X[:16], Y[:16], return_dict=True)
+                for _ in range(3)]
+        outputs[flavour.name] = (
+            logs, model.test_on_batch(X[:16], Y[:16], return_dict=True),
+            model.predict_on_batch(X[:4]), model,
+        )
+    plain, sam = outputs["plain"], outputs["sam"]
+    assert set(SAM_ONLY_KEYS) <= set(sam[0][-1])
+    assert_nested_close([strip_sam_logs(l) for l in sam[0]], plain[0])
+    assert_nested_close(sam[1], plain[1])
+    np.testing.assert_array_equal(sam[2], plain[2])
+    assert_weights_equal(plain[3], sam[3])
+
+
 def test_legacy_h5_file_loads_like_keras_model(tmp_path):
     """`model.save("x.h5")` (Keras' legacy format) reloads a SAMModel with
     its settings and outputs, as it reloads a keras.Model."""
