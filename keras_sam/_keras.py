@@ -14,7 +14,9 @@ stay in their classes, listed here so that this file is the full inventory:
 - `BackupAndRestore._save_model` and `_load_model`
   (`callbacks.ExactBackupAndRestore`): the random state and the batches
   already done must be saved and restored with the backup itself;
-- `Function._run_through_graph` (`ClonedSettings` below): `clone_model`.
+- `Function._run_through_graph` (`ClonedSettings` below): `clone_model`;
+- `TensorFlowTrainer._maybe_symbolic_build` (`SAMModel`): builds a lazily
+  built model before its first step (`symbolic_build` below).
 TensorFlow's `strategy.extended._in_multi_worker_mode()` is read here too
 (`in_multi_worker_mode`).
 """
@@ -251,3 +253,15 @@ def in_multi_worker_mode(strategy) -> bool:
     cluster spec, not whether the strategy was built for it).
     """
     return bool(strategy.extended._in_multi_worker_mode())
+
+
+def symbolic_build(model, iterator=None, data_batch=None):
+    """Builds an unbuilt model (and its compiled loss and metrics) from the
+    shapes of one batch, without running it (`Trainer._symbolic_build`).
+
+    Keras' TensorFlow trainer calls it only under a distribution strategy;
+    its JAX trainer always. No public route builds a model whose input
+    shape is known only from data (`model.build` needs the shape; a
+    forward call would update its state). Keras 3.0+.
+    """
+    model._symbolic_build(iterator=iterator, data_batch=data_batch)

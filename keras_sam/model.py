@@ -224,6 +224,21 @@ class SAMModel(MultiWorkerFix, _keras.ClonedSettings, keras.Model):
             object.__setattr__(self, "train_step", checked.__get__(self))
         return super().make_train_function(force=force)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras' TF trainer builds a lazily built model (a subclass, a
+        # Sequential without `keras.Input`) symbolically only under a
+        # distribution strategy; otherwise the forward call in the first
+        # trace of its `train_step` builds it. SAM's step reads the weights
+        # before its first pass, so it builds first, symbolically (no state
+        # changes), as Keras does under strategies (see `_keras.py`).
+        if getattr(self, "_distribute_strategy", None) is None and (
+            iterator is not None or data_batch is not None
+        ):
+            _keras.symbolic_build(self, iterator, data_batch)
+        return super()._maybe_symbolic_build(
+            iterator=iterator, data_batch=data_batch
+        )
+
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         grads, y_pred, loss = self.compute_sam_gradients(x, y, sample_weight)
@@ -311,19 +326,20 @@ class SAMModel(MultiWorkerFix, _keras.ClonedSettings, keras.Model):
     def from_model(cls, model, input_shape=None, **sam_kwargs):
         """SAM for an existing Keras model, sharing its layers and weights.
 
-        - A functional or `Sequential` model (with known inputs) gives a new
-          functional `SAMModel` built on the same layers (no copy).
-        - Any other model (a `keras.Model` subclass, a KerasHub task, ...)
-          is turned into a SAM model in place and returned: its class
+        - A functional or `Sequential` model (with known inputs, or given
+          `input_shape`) gives a new functional `SAMModel` built on the same
+          layers (no copy).
+        - Any other model (a `keras.Model` subclass, a KerasHub task, a
+          `Sequential` built lazily by its first batch, ...) is turned
+          into a SAM model in place and returned: its class
           becomes a SAM subclass of its own class, so it keeps its methods
           (`generate()`, a preprocessor run in `fit`), its compile defaults
           and its saving, with rho and the SAM options in its config.
 
         Args:
             model: A `keras.Model`.
-            input_shape: Tuple, the shape of one example: builds a
-                subclassed model that is not built yet (optional; `fit`
-                builds it too).
+            input_shape: Tuple, the shape of one example: builds a model
+                that is not built yet (optional; `fit` builds it too).
             **sam_kwargs: `rho`, `m`, `p` and other `SAMModel` arguments.
 
         Returns:
@@ -340,7 +356,10 @@ class SAMModel(MultiWorkerFix, _keras.ClonedSettings, keras.Model):
                 "`model` must be a keras.Model (functional, Sequential or a "
                 f"subclass). Received: model={model!r}"
             )
-        if type(model) is Functional or isinstance(model, keras.Sequential):
+        if isinstance(model, keras.Sequential) and input_shape is not None:
+            if not _graph_inputs(model):
+                model.build((None, *tuple(input_shape)))
+        if type(model) is Functional or _graph_inputs(model):
             return _from_graph(cls, model, sam_kwargs)
         if isinstance(model, SAMModel):
             raise ValueError(
@@ -368,19 +387,20 @@ def sam_class(base):
     return model_classes.sam_class(base, SAMModel)
 
 
+def _graph_inputs(model) -> list:
+    """A Sequential model's inputs once it has a graph, else []."""
+    if not isinstance(model, keras.Sequential):
+        return []
+    try:
+        return list(model.inputs or [])
+    except (AttributeError, ValueError):
+        return []
+
+
 def _from_graph(cls, model, sam_kwargs):
     """A functional SAMModel on the layers of a functional/Sequential model."""
-    try:
-        inputs, outputs = model.inputs, model.outputs
-    except (AttributeError, ValueError):
-        inputs = outputs = None
-    if not inputs:
-        raise ValueError(
-            f"Sequential model {model.name!r} has no defined inputs: start "
-            "it with `keras.Input(shape)` (or build it) before "
-            "`SAMModel.from_model`."
-        )
-    return cls(inputs=inputs, outputs=outputs, name=model.name, **sam_kwargs)
+    return cls(inputs=model.inputs, outputs=model.outputs, name=model.name,
+               **sam_kwargs)
 
 
 @keras.saving.register_keras_serializable(package="keras_sam", name="SAMModel")

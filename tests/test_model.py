@@ -440,3 +440,37 @@ def test_m_under_one_device_strategy_equals_grouped_hand_sam():
     grads = reference.grouped_sam_gradient(initial_weights(), x, y, RHO, 2)
     expected = reference.sgd_update(initial_weights(), grads, LEARNING_RATE)
     assert_weights_close(weights_of(model), expected)
+
+
+def lazy_sequential():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([
+        keras.layers.Dense(4, activation="relu"), keras.layers.Dropout(0.2),
+        keras.layers.Dense(1),
+    ])
+
+
+def test_from_model_of_a_lazily_built_sequential(tmp_path):
+    """A Sequential without `keras.Input` (built by its first batch) gets
+    SAM in place; rho=0 trains exactly as the plain Sequential."""
+    x = np.random.RandomState(0).rand(16, 3).astype("float32")
+    y = x.sum(axis=1, keepdims=True)
+    trained = []
+    for sam in (False, True):
+        model = lazy_sequential()
+        if sam:
+            converted = keras_sam.SAMModel.from_model(model, rho=0.0, m=2)
+            assert converted is model and isinstance(model, keras.Sequential)
+        model.compile(optimizer="sgd", loss="mse")
+        history = model.fit(x, y, batch_size=8, epochs=2, shuffle=False,
+                            verbose=0).history
+        trained.append(model.get_weights())
+    assert "sharpness" in history
+    assert_weights_close(trained[1], trained[0], atol=0)
+    path = str(tmp_path / "lazy.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, keras_sam.SAMModel) and loaded.m == 2
+
+    shaped = keras_sam.SAMModel.from_model(lazy_sequential(), input_shape=(3,))
+    assert shaped.layers[-1].built and not isinstance(shaped, keras.Sequential)
