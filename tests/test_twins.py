@@ -390,6 +390,9 @@ PATTERNS = {
     "functional": Pattern(mlp, fit_with(X, Y)),
     "sequential_from_model": Pattern(sequential, fit_with(X, Y)),
     "subclass_lazy_build": Pattern(subclass, fit_with(X, Y)),
+    "subclass_lazy_build_m_2": Pattern(
+        subclass, fit_with(X, Y), options={"m": 2}
+    ),
     "subclass_from_model": Pattern(subclass_from_model, fit_with(X, Y)),
     "custom_dropout_seed_generator": Pattern(
         functools.partial(mlp, hidden=[lambda: CustomDropout(0.5)]),
