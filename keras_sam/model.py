@@ -357,8 +357,8 @@ class SAMModel(MultiWorkerFix, _keras.ClonedSettings, keras.Model):
                 "`model` must be a keras.Model (functional, Sequential or a "
                 f"subclass). Received: model={model!r}"
             )
-        if isinstance(model, keras.Sequential) and input_shape is not None:
-            if not _graph_inputs(model):
+        if input_shape is not None and isinstance(model, keras.Sequential):
+            if not _graph_inputs(model):  # build it, then share its graph
                 model.build((None, *tuple(input_shape)))
         if type(model) is Functional or _graph_inputs(model):
             return _from_graph(cls, model, sam_kwargs)

@@ -137,16 +137,16 @@ def sam_gradients(
     batch = (x, y, sample_weight)
     state = []
     evaluate = make_evaluate(model, state)
-    seeds = _seeds(model, options)
+    normal = _normal(model, options)
     m = groups.group_size(model, options.m, batch)
     if m is None:
         result, updates = _whole_batch(
-            model, evaluate, batch, options, rho, seeds, step_state
+            model, evaluate, batch, options, rho, normal, step_state
         )
     else:
         use_sam = policy.use_sam(options, rho, model.optimizer.iterations)
         result, updates = _grouped(
-            model, evaluate, batch, options, rho, seeds, use_sam, m, state
+            model, evaluate, batch, options, rho, normal, use_sam, m, state
         )
     synced = sync.synced_statistics(model, options)
     deferred = [(state[i], updates.pop(i)) for i in list(updates)
@@ -156,7 +156,7 @@ def sam_gradients(
     return result, deferred
 
 
-def _whole_batch(model, evaluate, batch, options, rho, seeds, step_state):
+def _whole_batch(model, evaluate, batch, options, rho, normal, step_state):
     """The step with one eps for the replica's whole batch.
 
     Both branches run their own pass at w, so the SAM branch's g dies once
@@ -165,9 +165,7 @@ def _whole_batch(model, evaluate, batch, options, rho, seeds, step_state):
     """
     weights = [v.value for v in model.trainable_variables]
     iterations = model.optimizer.iterations
-    inputs = step.Inputs(
-        _normal(seeds), [v.name for v in model.trainable_variables]
-    )
+    inputs = step.Inputs(normal, [v.name for v in model.trainable_variables])
     if options.perturbation == "momentum":
         inputs = inputs._replace(
             momentum=policy.momentum_direction(step_state))
@@ -179,7 +177,7 @@ def _whole_batch(model, evaluate, batch, options, rho, seeds, step_state):
 
     def kept_mask(grads):
         return policy.kept_mask(
-            options, step_state, grads, weights, _normal(seeds), iterations
+            options, step_state, grads, weights, normal, iterations
         )
 
     def sam():
@@ -238,7 +236,7 @@ def _second_order(model, evaluate, weights, batch, rho, options, inputs):
     return first, grads, second.loss
 
 
-def _grouped(model, evaluate, batch, options, rho, seeds, use_sam, m, state):
+def _grouped(model, evaluate, batch, options, rho, normal, use_sam, m, state):
     """The step with one eps per group of `m` examples (m-sharpness)."""
     weights = [v.value for v in model.trainable_variables]
     names = [v.name for v in model.trainable_variables]
@@ -247,7 +245,7 @@ def _grouped(model, evaluate, batch, options, rho, seeds, use_sam, m, state):
     n = groups.batch_size(batch[0])
 
     def one_group(group):
-        inputs = step.Inputs(_normal(seeds), names)
+        inputs = step.Inputs(normal, names)
         first = None
         if not options.second_order:
             first = step.first_pass(evaluate, weights, group, options)
@@ -347,31 +345,26 @@ def _check_logit_loss(model, rule):
         )
 
 
-def _seeds(model, options):
-    """`seeds(kind)`: a stateless seed for this step, replica and kind."""
+def _normal(model, options):
+    """`normal(shapes, kind)`: standard normal draws, stateless, from a seed
+    of this step, replica and kind ("random" eps or "mask")."""
 
-    def seeds(kind):
+    def seed(kind):
         step_index = model.optimizer.iterations
         if kind == "mask":
             step_index = step_index // options.mask_update_every
-        seed = tf.stack([options.seed, tf.cast(step_index, tf.int32)])
+        pair = tf.stack([options.seed, tf.cast(step_index, tf.int32)])
         if kind == "mask":  # a draw of its own, not the random eps's
-            seed = tf.random.experimental.stateless_fold_in(seed, 1)
+            pair = tf.random.experimental.stateless_fold_in(pair, 1)
         replica = tf.distribute.get_replica_context()
         if replica is not None:
-            seed = tf.random.experimental.stateless_fold_in(
-                seed, replica.replica_id_in_sync_group
+            pair = tf.random.experimental.stateless_fold_in(
+                pair, replica.replica_id_in_sync_group
             )
-        return seed
-
-    return seeds
-
-
-def _normal(seeds):
-    """`normal(shapes, kind)`: standard normal draws from `seeds(kind)`."""
+        return pair
 
     def normal(shapes, kind):
-        pairs = tf.random.experimental.stateless_split(seeds(kind),
+        pairs = tf.random.experimental.stateless_split(seed(kind),
                                                        num=len(shapes))
         return [
             tf.random.stateless_normal(shape, pairs[i], dtype=tf.float32)

@@ -32,8 +32,8 @@ def problem():
     rng = np.random.RandomState(0)
     weights = [rng.normal(size=(3, 2)), rng.normal(size=(2,))]
     x, y = rng.normal(size=(8, 3)), rng.normal(size=(8, 2))
-    return [w.astype("float32") for w in weights], x.astype("float32"), \
-        y.astype("float32")
+    weights = [w.astype("float32") for w in weights]
+    return weights, x.astype("float32"), y.astype("float32")
 
 
 def loss_fn(weights, x, y):

@@ -100,9 +100,9 @@ def test_two_ascent_steps_project_onto_the_ball(p):
 
 def random_eps(model, weights):
     """The random eps of the model's next step (keras_sam.core.step)."""
-    seeds = core_tensorflow._seeds(model, model.sam_options)
     inputs = core_step.Inputs(
-        core_tensorflow._normal(seeds), [v.name for v in model.weights]
+        core_tensorflow._normal(model, model.sam_options),
+        [v.name for v in model.weights],
     )
     return core_step.perturb(
         None, weights, None, None, model.sam_options, model.rho, inputs
