@@ -256,12 +256,18 @@ def in_multi_worker_mode(strategy) -> bool:
 
 
 def symbolic_build(model, iterator=None, data_batch=None):
-    """Builds an unbuilt model (and its compiled loss and metrics) from the
-    shapes of one batch, without running it (`Trainer._symbolic_build`).
+    """Builds a model with unbuilt layers (and its compiled loss and
+    metrics) from the shapes of one batch, without running it
+    (`Trainer._symbolic_build`); does nothing to a built model, or under a
+    distribution strategy, where Keras builds it itself.
 
-    Keras' TensorFlow trainer calls it only under a distribution strategy;
-    its JAX trainer always. No public route builds a model whose input
-    shape is known only from data (`model.build` needs the shape; a
-    forward call would update its state). Keras 3.0+.
+    Keras' TensorFlow trainer calls it only under a distribution strategy
+    (`_distribute_strategy`); its JAX trainer always. No public route builds
+    a model whose input shape is known only from data (`model.build` needs
+    the shape; a forward call would update its state). Keras 3.0+.
     """
+    if getattr(model, "_distribute_strategy", None) is not None:
+        return
+    if all(layer.built for layer in flatten_layers(model)):
+        return
     model._symbolic_build(iterator=iterator, data_batch=data_batch)

@@ -231,11 +231,7 @@ class SAMModel(MultiWorkerFix, _keras.ClonedSettings, keras.Model):
         # trace of its `train_step` builds it. SAM's step reads the weights
         # before its first pass, so it builds first, symbolically (no state
         # changes), as Keras does under strategies (see `_keras.py`).
-        unbuilt = not all(
-            layer.built for layer in _keras.flatten_layers(self)
-        )
-        if unbuilt and getattr(self, "_distribute_strategy", None) is None:
-            _keras.symbolic_build(self, iterator, data_batch)
+        _keras.symbolic_build(self, iterator, data_batch)
         return super()._maybe_symbolic_build(
             iterator=iterator, data_batch=data_batch
         )
