@@ -130,15 +130,16 @@ def additional_loss(model, loss):
     return model._aggregate_additional_loss(loss)
 
 
-def graph_operations(model) -> list:
-    """The operation of every node of a functional `model`, one per call.
+def graph_calls(model) -> list:
+    """`(operation, keyword arguments)` of every call in a functional graph.
 
     A layer used twice appears twice. `Function._nodes_by_depth` is the only
     record of a functional graph's calls (`model.layers` lists each layer
-    once, whatever its number of calls).
+    once, whatever its number of calls), and its nodes' `arguments` the
+    only record of how each was called.
     """
     return [
-        node.operation
+        (node.operation, dict(node.arguments.kwargs))
         for nodes in model._nodes_by_depth.values()
         for node in nodes
         if node.operation is not None and not node.is_input

@@ -12,14 +12,15 @@ step and its ratio to SAM:
 - sam_1, lsam_1, jsam_1: 1-SAM, L-SAM and J-SAM by
   `keras_sam.core.per_example` (rank-one per-example gradients).
 
-Models: "mlp" is the demo MLP (64-128-128-10, ReLU); "mixer" is
-`mixer_classifier`, a small attention-free Transformer-style classifier
-(MLP-Mixer blocks on 8 tokens of 8 features).
+Models: "mlp" is the demo MLP (64-128-128-10, ReLU); "transformer" is
+`transformer_classifier`, a small Transformer encoder classifier (two
+blocks of 4-head self-attention and a GELU MLP on 8 tokens of 8 features);
+"mixer" is `mixer_classifier`, its attention-free MLP-Mixer counterpart.
 
 Usage (from the repository root):
 
     python tools/benchmark_per_example.py --model=mlp --batch_size=128
-    python tools/benchmark_per_example.py --model=mixer --nojit
+    python tools/benchmark_per_example.py --model=transformer --nojit
 """
 
 import os
@@ -47,7 +48,9 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     """The command line's flags (defined when run, not when imported)."""
-    flags.DEFINE_enum("model", "mlp", ["mlp", "mixer"], "Model.")
+    flags.DEFINE_enum(
+        "model", "mlp", ["mlp", "mixer", "transformer"], "Model."
+    )
     flags.DEFINE_integer("batch_size", 128, "Batch size.")
     flags.DEFINE_integer("steps", 20, "Steps per measurement.")
     flags.DEFINE_integer("rounds", 5, "Interleaved rounds.")
@@ -96,22 +99,62 @@ def mixer_classifier(tokens=8, channels=8, classes=10, width=32, blocks=2):
     return keras.Model(inputs, layers.Dense(classes)(x))
 
 
+def transformer_classifier(
+    tokens=8, channels=8, classes=10, width=32, heads=4, blocks=2,
+    causal=False,
+):
+    """A small Transformer encoder classifier.
+
+    Pre-norm blocks: LayerNormalization, MultiHeadAttention (self-attention,
+    `heads` heads of width // heads) and a residual, then LayerNormalization,
+    a two-layer GELU MLP and a residual; mean pooling over the tokens and a
+    Dense head. Every weighted layer is Dense, MultiHeadAttention or
+    LayerNormalization, so 1-SAM takes `keras_sam.core.per_example`'s
+    closed form.
+
+    Args:
+        tokens, channels: The shape of one example, `(tokens, channels)`.
+        classes: Number of logits.
+        width: Features per token inside the blocks.
+        heads: Attention heads per block.
+        blocks: Number of Transformer blocks.
+        causal: Whether attention is causal (`use_causal_mask=True`).
+
+    Returns:
+        A functional `keras.Model` from `(tokens, channels)` to logits.
+
+    References:
+        Vaswani et al., "Attention Is All You Need", NeurIPS 2017.
+    """
+    layers = keras.layers
+    inputs = keras.Input((tokens, channels))
+    x = layers.Dense(width)(inputs)
+    for _ in range(blocks):
+        y = layers.LayerNormalization()(x)
+        y = layers.MultiHeadAttention(heads, width // heads)(
+            y, y, use_causal_mask=causal
+        )
+        x = layers.Add()([x, y])
+        y = layers.Dense(2 * width, activation="gelu")(
+            layers.LayerNormalization()(x)
+        )
+        x = layers.Add()([x, layers.Dense(width)(y)])
+    x = layers.GlobalAveragePooling1D()(layers.LayerNormalization()(x))
+    return keras.Model(inputs, layers.Dense(classes)(x))
+
+
 def build_model(name):
     """A fresh compiled model and the shape of one example."""
     keras.utils.set_random_seed(0)
     if name == "mlp":  # the demo model: digits, 64-128-128-10
         shape = (64,)
         model = models.mlp(shape, 10)
+    elif name == "transformer":
+        shape = (8, 8)
+        model = transformer_classifier()
     else:
         shape = (8, 8)
         model = mixer_classifier()
-    model.compile(
-        optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    return model, shape
-
-
 def gradient_fn(method, model, rho):
     """`grads(x, y)` of `method`, for `model.trainable_variables`."""
     rule = {"lsam_1": "logit", "jsam_1": "jacobian"}.get(method, "sam")

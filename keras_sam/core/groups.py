@@ -103,9 +103,10 @@ def split_into_groups(structure, m: int):
 #   but memory does not grow with the number of groups.
 # - "auto" (default): "unroll" when `fn` contains ops that "vectorize"
 #   would loop over (convolutions), the number of groups is static, and
-#   the unrolled graph would have at most `max_unrolled_ops` ops;
-#   "vectorize" otherwise. Deciding traces `fn` once more, into a graph
-#   that is thrown away.
+#   the unrolled graph would have at most `max_unrolled_ops` ops; "unroll"
+#   (if as small) or "loop" where "vectorize" would crash
+#   (`CRASHES_VECTORIZED_MAP_ON_ONE_EXAMPLE`); "vectorize" otherwise.
+#   Deciding traces `fn` once more, into a graph that is thrown away.
 STRATEGIES = ("auto", "vectorize", "unroll", "loop")
 
 # Ops that `tf.vectorized_map` cannot batch over per-group weights: pfor runs
@@ -125,6 +126,14 @@ LOOPED_BY_VECTORIZED_MAP = frozenset(
         "Conv3DBackpropInputV2",
     }
 )
+
+# Ops on which `tf.vectorized_map` crashes the process (a segmentation
+# fault, TF 2.21) when each group holds one example: a BatchMatMulV2 of a
+# stacked `[1, T, d]` operand with a loop-invariant matrix, as Keras'
+# EinsumDense (MultiHeadAttention's projections) computes on sequences.
+# Reproduced by `tf.vectorized_map(lambda x: tf.matmul(x, k), tf.ones([4,
+# 1, 8, 8]))` with `k` of shape [8, 8]; no upstream issue found.
+CRASHES_VECTORIZED_MAP_ON_ONE_EXAMPLE = frozenset({"BatchMatMulV2"})
 
 
 def map_groups(
@@ -189,16 +198,22 @@ def map_groups(
 
 
 def _auto_strategy(fn, groups, num_groups, max_unrolled_ops) -> str:
-    """Resolves "auto": "unroll" where "vectorize" would loop, if small."""
+    """Resolves "auto": "unroll" where "vectorize" would loop, if small;
+    never "vectorize" where it would crash."""
     if num_groups == 1:
         return "unroll"
-    if num_groups is not None:
-        op_types = _op_types(_trace(fn, groups))
-        if (
-            num_groups * sum(op_types.values()) <= max_unrolled_ops
-            and not LOOPED_BY_VECTORIZED_MAP.isdisjoint(op_types)
-        ):
-            return "unroll"
+    op_types = _op_types(_trace(fn, groups))
+    small = (
+        num_groups is not None
+        and num_groups * sum(op_types.values()) <= max_unrolled_ops
+    )
+    one_example = tf.nest.flatten(groups)[0].shape[1] == 1
+    if one_example and not CRASHES_VECTORIZED_MAP_ON_ONE_EXAMPLE.isdisjoint(
+        op_types
+    ):
+        return "unroll" if small else "loop"
+    if small and not LOOPED_BY_VECTORIZED_MAP.isdisjoint(op_types):
+        return "unroll"
     return "vectorize"
 
 

@@ -1,4 +1,4 @@
-"""1-SAM (m = 1) for dense models without per-example weight copies.
+"""1-SAM (m = 1) for dense and attention models without weight copies.
 
 1-SAM perturbs the weights of every example i by its own
 eps_i = rho g_i / ||g_i||, g_i the gradient of example i's loss over all
@@ -17,15 +17,18 @@ pass at w + eps_i is batched: the layer's output at its input A'_i is
     A'_i (W + c_i dW_i) + b + c_i db_i
         = A'_i W + b + c_i ((A'_i A_i^T) Delta_i + db_i),   c_i = rho/||g_i||.
 
-LayerNormalization is the same with dgamma_i = sum_t xhat_{i,t} dy_{i,t}
-and dbeta_i = sum_t dy_{i,t}. Both passes cost about a batched forward and
-backward pass, as SAM's do, plus T x T products per example.
+An EinsumDense layer that contracts its input's trailing axes is a Dense
+layer on reshaped tensors, and MultiHeadAttention is four of them around a
+weightless (per-example) attention product. LayerNormalization is the same
+with dgamma_i = sum_t xhat_{i,t} dy_{i,t} and dbeta_i = sum_t dy_{i,t}.
+Both passes cost about a batched forward and backward pass, as SAM's do,
+plus T x T products per example.
 
 `supported(model, options)` says whether a model and step qualify: a
-Sequential or functional graph of Dense and LayerNormalization layers (each
-called once) and weightless per-example layers, a compiled mean-reduced
-loss, no regularisers, plain SAM, L-SAM or J-SAM with p = 2 and one ascent
-step. `per_example_sam_gradients` is then exactly the mean of the m = 1
+Sequential or functional graph of Dense, EinsumDense, MultiHeadAttention
+and LayerNormalization layers (each called once) and weightless
+per-example layers, a compiled mean-reduced loss, no regularisers, plain
+SAM, L-SAM or J-SAM with p = 2 and one ascent step. `per_example_sam_gradients` is then exactly the mean of the m = 1
 groups' SAM gradients that the grouped step computes.
 
 References:
@@ -81,9 +84,12 @@ def supported(model, options) -> bool:
     Returns:
         True for m = 1, p = 2, gradient perturbations with one ascent step
         and no ASAM, mask or second order, any `gradient_rule`; a
-        `keras.Sequential` or functional model whose layers are Dense and
-        LayerNormalization (each called once, float32 or one dtype, no
-        LoRA or quantisation, LayerNormalization over the last axis) and
+        `keras.Sequential` or functional model whose layers are Dense,
+        EinsumDense in Dense form (`rank_one.dense_form`),
+        MultiHeadAttention over sequences (no dropout, gate, sliding window
+        or masks; `use_causal_mask` allowed) and LayerNormalization (each
+        called once, float32 or one dtype, no LoRA or quantisation,
+        LayerNormalization over the last axis) and
         weightless per-example layers (`PER_EXAMPLE_LAYERS`, dropout only
         at rate 0); and the compiled loss reduced by "sum_over_batch_size",
         with no regulariser.
@@ -125,32 +131,39 @@ def _loss_supported(model) -> bool:
     )
 
 
+# The layers whose per-example gradients `rank_one` writes in closed form.
+WEIGHTED_LAYERS = (
+    _L.Dense, _L.EinsumDense, _L.MultiHeadAttention, _L.LayerNormalization,
+)
+# MultiHeadAttention keyword arguments `rank_one` computes; any other must
+# be None or False (no masks, no attention scores returned).
+ATTENTION_ARGUMENTS = ("key", "use_causal_mask", "training")
+
+
 def _layers_supported(model) -> bool:
-    operations = _operations(model)
-    if operations is None:
+    calls = _calls(model)
+    if calls is None:
         return False
-    weighted = [
-        op for op in operations
-        if type(op) in (_L.Dense, _L.LayerNormalization)
-    ]
+    weighted = [op for op, _ in calls if type(op) in WEIGHTED_LAYERS]
     if len({id(op) for op in weighted}) < len(weighted):
         return False  # a layer called twice: its gradients add up
     covered = {id(v) for op in weighted for v in op.trainable_variables}
-    return all(map(_operation_supported, operations)) and all(
+    return all(_call_supported(*call) for call in calls) and all(
         id(v) in covered for v in model.trainable_variables
     )
 
 
-def _operations(model):
-    """The operations `model.call` runs, or None if it is not a graph."""
+def _calls(model):
+    """`(operation, kwargs)` of each call `model.call` makes, or None if it
+    is not a graph."""
     if type(model).call is keras.Sequential.call:
-        return list(model.layers)
+        return [(layer, {}) for layer in model.layers]
     if type(model).call is _keras.Functional.call:
-        return _keras.graph_operations(model)
+        return _keras.graph_calls(model)
     return None
 
 
-def _operation_supported(op) -> bool:
+def _call_supported(op, kwargs) -> bool:
     if not isinstance(op, keras.layers.Layer):
         return (
             type(op).__name__ in PER_EXAMPLE_OPS
@@ -158,10 +171,10 @@ def _operation_supported(op) -> bool:
         )
     if getattr(op, "activity_regularizer", None) is not None:
         return False
-    if type(op) is _L.Dense:
-        return not op.lora_enabled and _plain_dtype(op) and (
-            getattr(op, "quantization_mode", None) is None
-        )
+    if type(op) is _L.MultiHeadAttention:
+        return _attention_supported(op, kwargs)
+    if type(op) in (_L.Dense, _L.EinsumDense):
+        return _dense_supported(op)
     if type(op) is _L.LayerNormalization:
         return not op.rms_scaling and _plain_dtype(op) and _last_axis(op)
     if type(op) is _L.Dropout:
@@ -170,6 +183,42 @@ def _operation_supported(op) -> bool:
         type(op) in PER_EXAMPLE_LAYERS
         and not op.trainable_weights
         and getattr(op, "axis", -1) != 0
+    )
+
+
+def _dense_supported(layer) -> bool:
+    if type(layer) is _L.EinsumDense and rank_one.dense_form(layer) is None:
+        return False
+    return (
+        not layer.lora_enabled
+        and _plain_dtype(layer)
+        and getattr(layer, "quantization_mode", None) is None
+    )
+
+
+def _attention_supported(layer, kwargs) -> bool:
+    """Self- or cross-attention over sequences, as `rank_one` computes it:
+    no dropout, gate, sliding window or masks."""
+    config = layer.get_config()
+    projections = (
+        layer.query_dense, layer.key_dense, layer.value_dense,
+        layer.output_dense,
+    )
+    return (
+        layer.dropout == 0
+        and not config.get("use_gate", False)
+        and config.get("sliding_window") is None
+        and layer.query_dense.equation.startswith("abc,")
+        and _plain_dtype(layer)
+        and all(
+            getattr(p, "activity_regularizer", None) is None
+            and _dense_supported(p)
+            for p in projections
+        )
+        and all(
+            name in ATTENTION_ARGUMENTS or value is None or value is False
+            for name, value in kwargs.items()
+        )
     )
 
 

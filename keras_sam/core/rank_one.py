@@ -1,11 +1,14 @@
-"""The per-example algebra of Dense and LayerNormalization layers.
+"""The per-example algebra of Dense, attention and LayerNormalization layers.
 
 For a Dense layer z = a W + b the gradient of example i is rank one per
 position, dW_i = A_i^T Delta_i, so the pass at w + eps_i needs no weight
 copy: its output is A'_i W + b + c_i ((A'_i A_i^T) Delta_i + db_i), and the
-per-example squared norms come from the same factors. LayerNormalization is
-the same with the normalised input in place of A. `Forward` runs a model's
-layers with these hooks; `keras_sam.core.per_example` uses it for 1-SAM.
+per-example squared norms come from the same factors. An EinsumDense layer
+that contracts its input's trailing axes is a Dense layer on reshaped
+tensors; MultiHeadAttention is four of them around a weightless attention
+product. LayerNormalization is the same with the normalised input in place
+of A. `Forward` runs a model's layers with these hooks;
+`keras_sam.core.per_example` uses it for 1-SAM.
 
 References:
     Goodfellow, "Efficient Per-Example Gradient Computations",
@@ -13,6 +16,7 @@ References:
 """
 
 import functools
+import math
 
 import keras
 import tensorflow as tf
@@ -54,6 +58,10 @@ class Forward:
     def __call__(self, op):
         if type(op) is _L.Dense:
             return functools.partial(self._dense, op)
+        if type(op) is _L.EinsumDense:
+            return functools.partial(self._einsum_dense, op)
+        if type(op) is _L.MultiHeadAttention:
+            return functools.partial(self._attention, op)
         if type(op) is _L.LayerNormalization:
             return functools.partial(self._norm, op)
         return op
@@ -67,6 +75,37 @@ class Forward:
         if layer.bias is not None:
             z = z + self._value(layer.bias)
         return layer.activation(self._perturb(layer, inputs, z, _dense_shift))
+
+    def _einsum_dense(self, layer, inputs, **unused_kwargs):
+        """A dense-form EinsumDense layer as a Dense one (`dense_form`)."""
+        contracted, units = dense_form(layer)
+        inputs = tf.cast(inputs, layer.compute_dtype)
+        fan_in = math.prod(inputs.shape[-contracted:])
+        leading = tf.shape(inputs)[:-contracted]
+        x = tf.reshape(inputs, tf.concat([leading, [fan_in]], 0))
+        kernel = tf.reshape(self._value(layer.kernel), [fan_in, -1])
+        z = keras.ops.matmul(x, kernel)
+        if layer.bias is not None:
+            z = z + tf.reshape(self._value(layer.bias), [-1])
+        z = self._perturb(layer, x, z, _dense_shift)
+        z = tf.reshape(z, tf.concat([leading, units], 0))
+        return layer.activation(z)
+
+    def _attention(
+        self, layer, query, value, key=None, use_causal_mask=False,
+        **unused_kwargs,
+    ):
+        """MultiHeadAttention as its `call` computes it without masks and
+        dropout: projections, scaled dot-product attention, output."""
+        key = value if key is None else key
+        q = self._einsum_dense(layer.query_dense, query)
+        k = self._einsum_dense(layer.key_dense, key)
+        v = self._einsum_dense(layer.value_dense, value)
+        attended = keras.ops.dot_product_attention(
+            q, k, v, scale=1.0 / math.sqrt(float(layer.key_dim)),
+            is_causal=bool(use_causal_mask),
+        )
+        return self._einsum_dense(layer.output_dense, attended)
 
     def _norm(self, layer, inputs, **unused_kwargs):
         inputs = tf.cast(inputs, layer.compute_dtype)
@@ -108,10 +147,10 @@ def factors(forward, tap_grads, n):
             continue  # the layer does not reach the loss
         inputs = tf.stop_gradient(_as_sequence(inputs))
         delta = tf.stop_gradient(_as_sequence(grad * tf.cast(n, grad.dtype)))
-        if type(layer) is _L.Dense:
-            factor, square = _densefactors(forward, layer, inputs, delta)
-        else:
+        if type(layer) is _L.LayerNormalization:
             factor, square = _normfactors(forward, layer, inputs, delta)
+        else:
+            factor, square = _densefactors(forward, layer, inputs, delta)
         factors[id(layer)] = factor
         squares.append(tf.cast(square, tf.float32))
     if not squares:
@@ -179,6 +218,40 @@ def _normfactors(forward, layer, xhat, dy):
         if grad is not None:
             square += tf.reduce_sum(tf.square(grad), 1)
     return (scale_grad, offset_grad), square
+
+
+def dense_form(layer):
+    """`(contracted, units)` if an EinsumDense layer is a Dense layer on
+    reshaped tensors, else None.
+
+    That is: its equation contracts the input's trailing `contracted` axes
+    with the kernel's leading ones, the output is the input's other axes
+    then the kernel's, and a bias (if any) spans every output axis of the
+    kernel; `units` is the kernel's output shape. MultiHeadAttention's
+    projections ("abc,cde->abde") and output ("abcd,cde->abe") are.
+    """
+    try:
+        inputs, rest = layer.equation.replace(" ", "").split(",")
+        kernel, output = rest.split("->")
+    except ValueError:
+        return None
+    contracted = 0
+    while contracted < len(kernel) and kernel[contracted] in inputs:
+        contracted += 1
+    free = kernel[contracted:]
+    if (
+        "." in inputs + kernel
+        or len(set(inputs)) < len(inputs)
+        or len(set(kernel)) < len(kernel)
+        or contracted == 0
+        or contracted >= len(inputs)
+        or inputs[-contracted:] != kernel[:contracted]
+        or set(free) & set(inputs)
+        or output != inputs[:-contracted] + free
+        or (layer.bias is not None and layer.bias_axes != free)
+    ):
+        return None
+    return contracted, list(layer.kernel.shape[contracted:])
 
 
 def _norm_shift(xhat, factor, scale, output):

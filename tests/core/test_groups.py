@@ -181,6 +181,43 @@ def test_unknown_number_of_groups(problem):
         unroll.get_concrete_function(spec)
 
 
+@pytest.mark.parametrize("num_groups", [4, None])
+def test_auto_avoids_the_vectorized_map_crash_on_one_example_groups(
+    num_groups,
+):
+    """`tf.vectorized_map` segfaults on a sequence matmul with a shared
+    kernel when each group holds one example (EinsumDense in 1-SAM); "auto"
+    unrolls (static groups) or loops (dynamic groups) instead."""
+    kernel = tf.constant(
+        np.random.default_rng(0).normal(size=(3, 2)), tf.float32
+    )
+
+    def fn(x):
+        with tf.GradientTape() as tape:
+            tape.watch(kernel)
+            loss = tf.reduce_sum(tf.tanh(tf.matmul(x, kernel)))
+        return tape.gradient(loss, kernel)
+
+    groups = tf.constant(
+        np.random.default_rng(1).normal(size=(4, 1, 5, 3)), tf.float32
+    )
+    spec = tf.TensorSpec([num_groups, 1, 5, 3], tf.float32)
+    mapped = tf.function(lambda g: m_groups.map_groups(fn, g))
+    graph = mapped.get_concrete_function(spec).graph
+    assert "BatchMatMulV2" in [op.type for op in fn_graph(fn, groups)]
+    ops = [op.type for op in graph.get_operations()]
+    looped = "While" in ops or "StatelessWhile" in ops
+    assert looped == (num_groups is None)
+    expected = np.stack([fn(groups[i]).numpy() for i in range(4)])
+    np.testing.assert_allclose(mapped(groups), expected, rtol=1e-5)
+
+
+def fn_graph(fn, groups):
+    """The ops of `fn` traced on one group."""
+    spec = tf.TensorSpec(groups.shape[1:], groups.dtype)
+    return tf.function(fn).get_concrete_function(spec).graph.get_operations()
+
+
 def test_unknown_strategy_is_an_error(problem):
     groups, weights = problem
     with pytest.raises(ValueError, match="`strategy` must be one of"):

@@ -43,6 +43,28 @@ def mixer():
     return compiled(model)
 
 
+def transformer(causal=False):
+    """A one-block Transformer encoder (the benchmark's), 2 heads."""
+    model = benchmark_tool().transformer_classifier(
+        classes=3, width=8, heads=2, blocks=1, causal=causal
+    )
+    return compiled(model)
+
+
+def cross_attention(**call_kwargs):
+    """Attention of one sequence over another (key = value), with a
+    sequence-level EinsumDense on the way in."""
+    queries, values = keras.Input((5, 4)), keras.Input((3, 6))
+    q = keras.layers.EinsumDense("abc,cd->abd", (None, 8), bias_axes="d")(
+        queries
+    )
+    h = keras.layers.MultiHeadAttention(2, 3, value_dim=2)(
+        q, values, **call_kwargs
+    )
+    pooled = keras.layers.GlobalAveragePooling1D()(h)
+    return compiled(keras.Model([queries, values], keras.layers.Dense(3)(pooled)))
+
+
 def compiled(model):
     model.compile(
         optimizer="sgd",
@@ -88,10 +110,15 @@ def sequence_model():
 
 def data(model, n=6, seed=0):
     rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, *model.input_shape[1:])).astype("float32")
+    shapes = model.input_shape
+    x = [
+        tf.constant(rng.normal(size=(n, *shape[1:])).astype("float32"))
+        for shape in (shapes if isinstance(shapes, list) else [shapes])
+    ]
+    x = x if isinstance(shapes, list) else x[0]
     y = rng.integers(0, 3, size=n).astype("int32")
     sample_weight = rng.uniform(0.5, 2.0, size=n).astype("float32")
-    return tf.constant(x), tf.constant(y), tf.constant(sample_weight)
+    return x, tf.constant(y), tf.constant(sample_weight)
 
 
 def one_example_sam(logits, weights, x, y, weight, rule):
@@ -125,9 +152,10 @@ def algorithm_1(logits, weights, x, y, sample_weight, rule):
     """The mean over examples of their own SAM gradients, one by one."""
     per_example_grads = [
         one_example_sam(
-            logits, weights, x[i : i + 1], y[i : i + 1], sample_weight[i], rule
+            logits, weights, tf.nest.map_structure(lambda t: t[i : i + 1], x),
+            y[i : i + 1], sample_weight[i], rule,
         )
-        for i in range(int(x.shape[0]))
+        for i in range(int(y.shape[0]))
     ]
     return [tf.reduce_mean(tf.stack(g), 0) for g in zip(*per_example_grads)]
 
@@ -156,7 +184,13 @@ def test_dense_and_layer_norm_match_a_hand_written_loop(rule):
 
 
 @pytest.mark.parametrize("rule", RULES)
-@pytest.mark.parametrize("build", [sequence_model, mixer])
+@pytest.mark.parametrize(
+    "build",
+    [
+        sequence_model, mixer, transformer,
+        functools.partial(transformer, causal=True), cross_attention,
+    ],
+)
 def test_graphs_with_sequence_inputs_match_the_loop(build, rule):
     model = build()
     x, y, sample_weight = data(model)
@@ -172,8 +206,9 @@ def test_graphs_with_sequence_inputs_match_the_loop(build, rule):
 
 
 @pytest.mark.parametrize("rule", RULES)
-def test_matches_the_grouped_step_of_sam_model(rule, monkeypatch):
-    model = mixer()
+@pytest.mark.parametrize("build", [mixer, transformer])
+def test_matches_the_grouped_step_of_sam_model(build, rule, monkeypatch):
+    model = build()
     x, y, sample_weight = data(model, n=4)
     result = per_example.per_example_sam_gradients(
         model, x, y, sample_weight, rho=RHO, gradient_rule=rule
@@ -237,6 +272,13 @@ def with_layer(layer, shape=(4,)):
     return compiled(keras.Model(inputs, keras.layers.Dense(3)(layer(inputs))))
 
 
+def with_attention(shape=(5, 4), **kwargs):
+    inputs = keras.Input(shape)
+    h = keras.layers.MultiHeadAttention(2, 3, **kwargs)(inputs, inputs)
+    h = keras.layers.Flatten()(h)
+    return compiled(keras.Model(inputs, keras.layers.Dense(3)(h)))
+
+
 def summed_loss():
     model = mlp()
     model.compile(optimizer="sgd", loss=keras.losses.MeanSquaredError(
@@ -277,6 +319,18 @@ class Subclassed(keras.Model):
         (lambda: with_layer(keras.layers.Conv1D(2, 2), (4, 2)), {}, False),
         (lambda: with_layer(keras.layers.Lambda(lambda t: t)), {}, False),
         (lambda: compiled(Subclassed()), {}, False),
+        (transformer, {}, True),
+        (lambda: transformer(causal=True), {"gradient_rule": "jacobian"}, True),
+        (cross_attention, {}, True),
+        (lambda: cross_attention(return_attention_scores=False), {}, True),
+        (lambda: cross_attention(attention_mask=tf.ones((1, 5, 3))), {}, False),
+        (lambda: with_attention(dropout=0.1), {}, False),
+        (lambda: with_attention(use_gate=True), {}, False),
+        (lambda: with_attention((2, 5, 4)), {}, False),
+        (lambda: with_layer(keras.layers.EinsumDense("ab,bc->ac", 3)), {}, True),
+        (lambda: with_layer(keras.layers.EinsumDense("ab,cb->ac", (3,)), (4,)), {}, False),
+        (lambda: with_layer(keras.layers.EinsumDense(  # bias over part
+            "abc,cde->abde", (None, 2, 3), bias_axes="e"), (2, 4)), {}, False),
     ],
 )
 def test_supported(build, options, expected):
