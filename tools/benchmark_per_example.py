@@ -155,6 +155,11 @@ def build_model(name):
     else:
         shape = (8, 8)
         model = mixer_classifier()
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model, shape
 def gradient_fn(method, model, rho):
     """`grads(x, y)` of `method`, for `model.trainable_variables`."""
     rule = {"lsam_1": "logit", "jsam_1": "jacobian"}.get(method, "sam")
