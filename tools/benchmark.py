@@ -24,6 +24,7 @@ Usage (from the repository root):
     python tools/benchmark.py --model=mlp            # the demo MLP, batch 128
     python tools/benchmark.py --model=cnn --rounds=5 --steps=5
     python tools/benchmark.py --model=resnet --nojit --output_csv=/tmp/b.csv
+    python tools/benchmark.py --model=wide --nojit  # memory: 25 MB of weights
     python tools/benchmark.py --model=cnn --methods=sgd,sam,sam_m4
     python tools/benchmark.py --strategy=mirrored --logical_cpus=2 --nojit
     python tools/benchmark.py --mixed_precision
@@ -80,7 +81,7 @@ METHODS = {
 }
 
 # Default global batch size of each model ("small batch" for the ResNet).
-BATCH_SIZES = {"mlp": 128, "cnn": 128, "resnet": 32}
+BATCH_SIZES = {"mlp": 128, "cnn": 128, "resnet": 32, "wide": 32}
 
 _MODEL = flags.DEFINE_enum("model", "mlp", sorted(BATCH_SIZES), "Model.")
 _BATCH_SIZE = flags.DEFINE_integer(
@@ -113,6 +114,13 @@ def build_model(name: str):
     keras.utils.set_random_seed(0)
     if name == "mlp":  # the demo model: digits, 64-128-128-10
         return models.mlp((64,), 10), (64,)
+    if name == "wide":  # weights (25 MB) dwarf activations: the memory model
+        return keras.Sequential([
+            keras.Input((1024,)),
+            keras.layers.Dense(2048, activation="relu"),
+            keras.layers.Dense(2048, activation="relu"),
+            keras.layers.Dense(10),
+        ]), (1024,)
     shape = (32, 32, 3)
     if name == "resnet":  # He et al.'s CIFAR ResNet-20, LayerNorm: 1-SAM
         return models.cifar_resnet(shape, 10, depth=20, norm="layer"), shape
