@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import keras_sam
 from keras_sam.core import per_example
 from keras_sam.core import tensorflow as backend
 from keras_sam.options import SAMOptions
+from tests.helpers import mirrored
 
 RHO = 0.1
 RULES = ("sam", "logit", "jacobian")
@@ -336,3 +338,35 @@ class Subclassed(keras.Model):
 def test_supported(build, options, expected):
     options = {"m": 1, **options}
     assert per_example.supported(build(), SAMOptions(**options)) is expected
+
+
+def test_transformer_1_sam_under_mirrored_strategy():
+    """Two replicas of 1-SAM on a Transformer: the optimizer applies the
+    mean over the global batch of every example's own SAM gradient."""
+    keras.utils.set_random_seed(3)
+    reference = transformer()
+    x, y, _ = data(reference, n=4)
+    weights = [v.numpy() for v in reference.weights]
+    with mirrored(2).scope():
+        model = keras_sam.SAMModel.from_model(
+            benchmark_tool().transformer_classifier(
+                classes=3, width=8, heads=2, blocks=1
+            ),
+            rho=RHO, m=1,
+        )
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.5),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+    model.set_weights(weights)
+    assert per_example.supported(model, model.sam_options)
+    model.fit(x, y, batch_size=4, shuffle=False, verbose=0)
+    expected = per_example.per_example_sam_gradients(
+        reference, x, y, rho=RHO
+    ).grads
+    for variable, start, grad in zip(
+        model.trainable_variables, weights, expected
+    ):
+        np.testing.assert_allclose(
+            variable.numpy(), start - 0.5 * grad.numpy(), **TOLERANCE
+        )
