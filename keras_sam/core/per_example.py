@@ -28,8 +28,9 @@ plus T x T products per example.
 Sequential or functional graph of Dense, EinsumDense, MultiHeadAttention
 and LayerNormalization layers (each called once) and weightless
 per-example layers, a compiled mean-reduced loss, no regularisers, plain
-SAM, L-SAM or J-SAM with p = 2 and one ascent step. `per_example_sam_gradients` is then exactly the mean of the m = 1
-groups' SAM gradients that the grouped step computes.
+SAM, L-SAM or J-SAM with p = 2 and one ascent step.
+`per_example_sam_gradients` is then exactly the mean of the m = 1 groups'
+SAM gradients that the grouped step computes.
 
 References:
     Foret et al., "Sharpness-Aware Minimization for Efficiently Improving

@@ -64,7 +64,8 @@ def cross_attention(**call_kwargs):
         q, values, **call_kwargs
     )
     pooled = keras.layers.GlobalAveragePooling1D()(h)
-    return compiled(keras.Model([queries, values], keras.layers.Dense(3)(pooled)))
+    logits = keras.layers.Dense(3)(pooled)
+    return compiled(keras.Model([queries, values], logits))
 
 
 def compiled(model):
@@ -322,15 +323,19 @@ class Subclassed(keras.Model):
         (lambda: with_layer(keras.layers.Lambda(lambda t: t)), {}, False),
         (lambda: compiled(Subclassed()), {}, False),
         (transformer, {}, True),
-        (lambda: transformer(causal=True), {"gradient_rule": "jacobian"}, True),
+        (functools.partial(transformer, causal=True),
+         {"gradient_rule": "jacobian"}, True),
         (cross_attention, {}, True),
         (lambda: cross_attention(return_attention_scores=False), {}, True),
-        (lambda: cross_attention(attention_mask=tf.ones((1, 5, 3))), {}, False),
+        (lambda: cross_attention(attention_mask=tf.ones((1, 5, 3))), {},
+         False),
         (lambda: with_attention(dropout=0.1), {}, False),
         (lambda: with_attention(use_gate=True), {}, False),
         (lambda: with_attention((2, 5, 4)), {}, False),
-        (lambda: with_layer(keras.layers.EinsumDense("ab,bc->ac", 3)), {}, True),
-        (lambda: with_layer(keras.layers.EinsumDense("ab,cb->ac", (3,)), (4,)), {}, False),
+        (lambda: with_layer(keras.layers.EinsumDense("ab,bc->ac", 3)), {},
+         True),
+        (lambda: with_layer(keras.layers.EinsumDense("ab,cb->ac", 3)), {},
+         False),  # the kernel's contracted axis is not its first
         (lambda: with_layer(keras.layers.EinsumDense(  # bias over part
             "abc,cde->abde", (None, 2, 3), bias_axes="e"), (2, 4)), {}, False),
     ],
@@ -370,3 +375,19 @@ def test_transformer_1_sam_under_mirrored_strategy():
         np.testing.assert_allclose(
             variable.numpy(), start - 0.5 * grad.numpy(), **TOLERANCE
         )
+
+
+@pytest.mark.parametrize("build", [mlp, transformer])
+def test_rho_zero_is_the_plain_gradient(build):
+    """At rho = 0 every eps_i is 0: the mean of per-example gradients at w,
+    i.e. the batch gradient (SGD's)."""
+    model = build()
+    x, y, sample_weight = data(model)
+    result = per_example.per_example_sam_gradients(
+        model, x, y, sample_weight, rho=0.0
+    )
+    with tf.GradientTape() as tape:
+        y_pred = model(x, training=True)
+        loss = model.compute_loss(x, y, y_pred, sample_weight, training=True)
+    expected = tape.gradient(loss, model.trainable_variables)
+    assert_all_close(result.grads, expected)
