@@ -49,10 +49,13 @@ def test_cheap_sam_config_runs_every_member(tmp_path):
     _check_outputs(out, ["runs.csv", "results.csv"])
     assert [r["key"] for r in out["runs"]] == [
         "sgd", "sam", *noise_robustness.CHEAP_SAM]
-    assert config.run_name().endswith("_cheap_seeds0")
-    late = noise_robustness.methods_for(config, 0.4, total_steps=20)
-    late = {m.key: m.sam for m in late}["late_sam"]
-    assert late == {"rho": 0.2, "sam_from": 0.5, "total_steps": 20}
+    assert config.run_name().endswith("_cheap_msam2_seeds0")
+    methods = noise_robustness.methods_for(config, 0.4, total_steps=20)
+    sam = {m.key: m.sam for m in methods}
+    assert sam["late_sam"] == {"rho": 0.2, "sam_from": 0.5, "total_steps": 20}
+    # Momentum-SAM at its own radius (Config.msam_rho), every other at rho.
+    assert sam["msam"] == {"rho": 2.0, "perturbation": "momentum"}
+    assert {r["key"]: r.get("rho") for r in out["runs"]}["msam"] == 2.0
 
 
 def test_noise_robustness_digits(tmp_path):
