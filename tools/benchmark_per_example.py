@@ -84,19 +84,15 @@ def mixer_classifier(tokens=8, channels=8, classes=10, width=32, blocks=2):
         NeurIPS 2021.
     """
     layers = keras.layers
-    inputs = keras.Input((tokens, channels))
-    x = layers.Dense(width)(inputs)
-    for _ in range(blocks):
-        y = layers.Permute((2, 1))(layers.LayerNormalization()(x))
+
+    def token_mixing(x):
+        y = layers.Permute((2, 1))(x)
         y = layers.Dense(2 * tokens, activation="gelu")(y)
-        y = layers.Permute((2, 1))(layers.Dense(tokens)(y))
-        x = layers.Add()([x, y])
-        y = layers.Dense(2 * width, activation="gelu")(
-            layers.LayerNormalization()(x)
-        )
-        x = layers.Add()([x, layers.Dense(width)(y)])
-    x = layers.GlobalAveragePooling1D()(layers.LayerNormalization()(x))
-    return keras.Model(inputs, layers.Dense(classes)(x))
+        return layers.Permute((2, 1))(layers.Dense(tokens)(y))
+
+    return _pre_norm_classifier(
+        token_mixing, tokens, channels, classes, width, blocks
+    )
 
 
 def transformer_classifier(
@@ -126,14 +122,25 @@ def transformer_classifier(
     References:
         Vaswani et al., "Attention Is All You Need", NeurIPS 2017.
     """
+    def attention(x):
+        return keras.layers.MultiHeadAttention(heads, width // heads)(
+            x, x, use_causal_mask=causal
+        )
+
+    return _pre_norm_classifier(
+        attention, tokens, channels, classes, width, blocks
+    )
+
+
+def _pre_norm_classifier(token_mixing, tokens, channels, classes, width,
+                         blocks):
+    """Pre-norm residual blocks of `token_mixing` and a GELU MLP, then mean
+    pooling and a Dense head: the Mixer and the Transformer above."""
     layers = keras.layers
     inputs = keras.Input((tokens, channels))
     x = layers.Dense(width)(inputs)
     for _ in range(blocks):
-        y = layers.LayerNormalization()(x)
-        y = layers.MultiHeadAttention(heads, width // heads)(
-            y, y, use_causal_mask=causal
-        )
+        y = token_mixing(layers.LayerNormalization()(x))
         x = layers.Add()([x, y])
         y = layers.Dense(2 * width, activation="gelu")(
             layers.LayerNormalization()(x)

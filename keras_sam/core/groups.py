@@ -202,12 +202,14 @@ def _auto_strategy(fn, groups, num_groups, max_unrolled_ops) -> str:
     never "vectorize" where it would crash."""
     if num_groups == 1:
         return "unroll"
+    one_example = tf.nest.flatten(groups)[0].shape[1] == 1
+    if num_groups is None and not one_example:
+        return "vectorize"  # no other choice to make: no need to trace
     op_types = _op_types(_trace(fn, groups))
     small = (
         num_groups is not None
         and num_groups * sum(op_types.values()) <= max_unrolled_ops
     )
-    one_example = tf.nest.flatten(groups)[0].shape[1] == 1
     if one_example and not CRASHES_VECTORIZED_MAP_ON_ONE_EXAMPLE.isdisjoint(
         op_types
     ):

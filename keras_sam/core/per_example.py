@@ -211,11 +211,7 @@ def _attention_supported(layer, kwargs) -> bool:
         and config.get("sliding_window") is None
         and layer.query_dense.equation.startswith("abc,")
         and _plain_dtype(layer)
-        and all(
-            getattr(p, "activity_regularizer", None) is None
-            and _dense_supported(p)
-            for p in projections
-        )
+        and all(_call_supported(p, {}) for p in projections)
         and all(
             name in ATTENTION_ARGUMENTS or value is None or value is False
             for name, value in kwargs.items()

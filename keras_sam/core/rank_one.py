@@ -70,26 +70,31 @@ class Forward:
         return self.values.get(id(variable), variable.value)
 
     def _dense(self, layer, inputs, **unused_kwargs):
-        inputs = tf.cast(inputs, layer.compute_dtype)
-        z = keras.ops.matmul(inputs, self._value(layer.kernel))
+        kernel, bias = self._value(layer.kernel), None
         if layer.bias is not None:
-            z = z + self._value(layer.bias)
-        return layer.activation(self._perturb(layer, inputs, z, _dense_shift))
+            bias = self._value(layer.bias)
+        return layer.activation(self._linear(layer, inputs, kernel, bias))
 
     def _einsum_dense(self, layer, inputs, **unused_kwargs):
         """A dense-form EinsumDense layer as a Dense one (`dense_form`)."""
         contracted, units = dense_form(layer)
-        inputs = tf.cast(inputs, layer.compute_dtype)
         fan_in = math.prod(inputs.shape[-contracted:])
         leading = tf.shape(inputs)[:-contracted]
         x = tf.reshape(inputs, tf.concat([leading, [fan_in]], 0))
         kernel = tf.reshape(self._value(layer.kernel), [fan_in, -1])
-        z = keras.ops.matmul(x, kernel)
+        bias = None
         if layer.bias is not None:
-            z = z + tf.reshape(self._value(layer.bias), [-1])
-        z = self._perturb(layer, x, z, _dense_shift)
-        z = tf.reshape(z, tf.concat([leading, units], 0))
-        return layer.activation(z)
+            bias = tf.reshape(self._value(layer.bias), [-1])
+        z = self._linear(layer, x, kernel, bias)
+        return layer.activation(tf.reshape(z, tf.concat([leading, units], 0)))
+
+    def _linear(self, layer, inputs, kernel, bias):
+        """`inputs @ kernel + bias`, recorded or perturbed as `layer`'s."""
+        inputs = tf.cast(inputs, layer.compute_dtype)
+        z = keras.ops.matmul(inputs, kernel)
+        if bias is not None:
+            z = z + bias
+        return self._perturb(layer, inputs, z, _dense_shift)
 
     def _attention(
         self, layer, query, value, key=None, use_causal_mask=False,
