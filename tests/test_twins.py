@@ -385,6 +385,16 @@ def _on_loss_plateau(callback, epochs, **kwargs):
 
 
 X45, Y45 = classification_data(n=45)
+X_SEQ, Y_SEQ = classification_data(features=12)
+
+
+def attention(flavour, dropout=0.0):
+    """Self-attention over 4 tokens of 3 features (reshaped from 12)."""
+    inputs = keras.Input((12,))
+    h = layers.Dense(4)(layers.Reshape((4, 3))(inputs))
+    h = layers.MultiHeadAttention(2, 2, dropout=dropout, seed=1)(h, h)
+    h = layers.GlobalAveragePooling1D()(layers.LayerNormalization()(h))
+    return flavour.functional(inputs, layers.Dense(3)(h))
 
 PATTERNS = {
     "functional": Pattern(mlp, fit_with(X, Y)),
@@ -467,6 +477,15 @@ PATTERNS = {
         "config": {"learning_rate": 0.1, "gradient_accumulation_steps": 2},
     }})),
     "m_1": Pattern(mlp, fit_with(X, Y), options={"m": 1}),
+    # 1-SAM's closed form for attention, and (with attention dropout) the
+    # per-example map that tf.vectorized_map used to crash on.
+    "attention_m_1": Pattern(
+        attention, fit_with(X_SEQ, Y_SEQ), (X_SEQ, Y_SEQ), {"m": 1}
+    ),
+    "attention_dropout_m_1": Pattern(
+        functools.partial(attention, dropout=0.25), fit_with(X_SEQ, Y_SEQ),
+        (X_SEQ, Y_SEQ), {"m": 1},
+    ),
     "m_2_ragged_last_batch": Pattern(
         mlp, fit_with(X45, Y45), (X45, Y45), {"m": 2}
     ),
