@@ -29,6 +29,36 @@ def _float32(tensors) -> list:
     return [ops.cast(t, "float32") for t in tensors]
 
 
+def _stored(t):
+    """The stored values of a tensor: a row-sparse gradient's rows.
+
+    TensorFlow gives an embedding's gradient as `tf.IndexedSlices`; once
+    its duplicate rows are summed (the step does this where a pass hands
+    its gradient over), its norms and elementwise maps are those of its
+    stored rows, and keeping it sparse avoids a dense copy of the table.
+    """
+    return t.values if _is_rows(t) else t
+
+
+def _rowwise(fn, t):
+    """`fn` on each stored value, keeping a row-sparse tensor sparse."""
+    if _is_rows(t):
+        return type(t)(fn(t.values), t.indices, t.dense_shape)
+    return fn(t)
+
+
+def _is_rows(t) -> bool:
+    return hasattr(t, "indices") and hasattr(t, "dense_shape")
+
+
+def dense(t):
+    """`t` as a dense tensor: a row-sparse one's rows scattered into
+    zeros, duplicate rows summed (as `tf.convert_to_tensor` does)."""
+    if not _is_rows(t):
+        return t
+    return ops.scatter(ops.expand_dims(t.indices, -1), t.values, t.shape)
+
+
 def _sum(scalars):
     """The sum of a list of scalar tensors (`tf.add_n` in `keras.ops`)."""
     return ops.sum(ops.stack(scalars))
@@ -63,7 +93,7 @@ def global_norm(tensors: Sequence[Optional[object]], p: float = 2.0):
     >>> float(global_norm([ops.array([3.0]), ops.array([[4.0]])]))
     5.0
     """
-    parts = _float32(t for t in tensors if t is not None)
+    parts = _float32(_stored(t) for t in tensors if t is not None)
     if not parts:
         return ops.convert_to_tensor(0.0, "float32")
     if math.isinf(p):
@@ -79,6 +109,8 @@ def dual_vector(grads: Sequence, rho, p: float = 2.0) -> list:
 
     Args:
         grads: List of gradient tensors (use zeros for unconnected weights).
+            A row-sparse gradient (`tf.IndexedSlices`) must list each row
+            once, its lookups summed; its eps stays row-sparse.
         rho: Scalar (float or tensor), the radius of the perturbation ball.
         p: Float > 1 or `float("inf")`, the order of the norm ball.
             Defaults to 2.
@@ -100,21 +132,22 @@ def dual_vector(grads: Sequence, rho, p: float = 2.0) -> list:
     rho = ops.cast(rho, "float32")
     if math.isinf(p):
         norm = global_norm(grads, p)  # only needed for the finiteness check
-        directions = [ops.sign(g) for g in grads]
+        direction = ops.sign
     elif p == 2.0:
         norm = global_norm(grads, 2.0)
-        directions = [g / (norm + NORM_EPSILON) for g in grads]
+        direction = lambda g: g / (norm + NORM_EPSILON)  # noqa: E731
     else:
         q = p / (p - 1.0)
         norm = global_norm(grads, q)
         scale = ops.power(norm, q / p) + NORM_EPSILON
-        directions = [
+        direction = lambda g: (  # noqa: E731
             ops.sign(g) * ops.power(ops.abs(g), q - 1.0) / scale
-            for g in grads
-        ]
+        )
+    directions = [_rowwise(direction, g) for g in grads]
     finite = ops.isfinite(norm)
     return [
-        ops.where(finite, rho * d, ops.zeros_like(d)) for d in directions
+        _rowwise(lambda v: ops.where(finite, rho * v, ops.zeros_like(v)), d)
+        for d in directions
     ]
 
 
@@ -126,7 +159,7 @@ def project(eps: Sequence, rho, p: float) -> list:
     """
     rho = ops.cast(rho, "float32")
     if math.isinf(p):
-        return [ops.clip(e, -rho, rho) for e in eps]
+        return [_rowwise(lambda v: ops.clip(v, -rho, rho), e) for e in eps]
     if p != 2.0:
         raise ValueError(
             f"Projection is implemented for p=2 and p=inf. Received: p={p}"
@@ -190,11 +223,15 @@ def top_fraction_mask(scores: Sequence, fraction: float) -> list:
         Mi et al., "Make Sharpness-Aware Minimization Stronger: A Sparsified
         Perturbation Approach", NeurIPS 2022, section 3 (Fisher mask).
     """
-    scores = [ops.abs(s) for s in _float32(scores)]
+    scores = [_rowwise(ops.abs, s) for s in _float32(scores)]
     size = sum(math.prod(s.shape) for s in scores)
     count = max(int(round(fraction * size)), 1)
-    threshold = kth_largest(scores, count)
-    return [ops.cast(s >= threshold, "float32") for s in scores]
+    # A row-sparse score's absent rows are zeros: kept only when the
+    # threshold is 0, as they would be among the dense scores.
+    threshold = kth_largest([_stored(s) for s in scores], count)
+    return [
+        ops.cast(dense(s) >= threshold, "float32") for s in scores
+    ]
 
 
 def kth_largest(values: Sequence, k: int):

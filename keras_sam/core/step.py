@@ -30,6 +30,16 @@ class Pass(NamedTuple):
     updates: dict  # index -> new value of each state variable it changed
     output_grads: Any = None  # d loss / d outputs (L-SAM and J-SAM only)
     vjp: Optional[Callable] = None  # cotangents -> gradient through f
+    # `grads` as the ascent reads them, where they differ: a row-sparse
+    # gradient (an embedding's `tf.IndexedSlices`) lists a row once per
+    # lookup; here each row once, with its lookups summed, so that norms
+    # and elementwise maps of the stored rows are those of the gradient.
+    summed: Optional[list] = None
+
+    @property
+    def ascent_grads(self) -> Optional[list]:
+        """The gradient for the ascent (norms, eps): rows summed."""
+        return self.grads if self.summed is None else self.summed
 
 
 class Inputs(NamedTuple):
@@ -86,8 +96,10 @@ def perturb(evaluate, weights, batch, grads, options, rho, inputs):
     u = ascent_direction(source)
     for _ in range(options.ascent_steps - 1):
         point = add(weights, _times(u, scale))
-        step = ascent_direction(evaluate(point, batch).grads)
-        u = pert.project([a + b for a, b in zip(u, step)], rho, options.p)
+        step = ascent_direction(evaluate(point, batch).ascent_grads)
+        u = pert.project(
+            [ops.add(a, b) for a, b in zip(u, step)], rho, options.p
+        )
     return _times(u, scale)
 
 
@@ -130,7 +142,9 @@ def descent(evaluate, weights, batch, first: Pass, options, rho, inputs):
     Returns:
         `(grads, loss_perturbed)`: the descent gradient and L(w + eps).
     """
-    eps = perturb(evaluate, weights, batch, first.grads, options, rho, inputs)
+    eps = perturb(
+        evaluate, weights, batch, first.ascent_grads, options, rho, inputs
+    )
     split = options.gradient_rule != "sam"
     second = evaluate(add(weights, eps), batch, output_grads=split)
     if options.gradient_rule == "sam":
@@ -161,8 +175,7 @@ def looksam_direction(grads, sam_grads) -> list:
         Minimization", CVPR 2022, Algorithm 1 (g_v = g_s - ||g_s|| cos(theta)
         g/||g||).
     """
-    g = [ops.cast(t, "float32") for t in grads]
-    s = [ops.cast(t, "float32") for t in sam_grads]
+    g, s = _dense_float32(grads), _dense_float32(sam_grads)
     dot = ops.sum(ops.stack([ops.sum(a * b) for a, b in zip(g, s)]))
     coefficient = dot / (ops.square(pert.global_norm(g)) + pert.NORM_EPSILON)
     return [b - coefficient * a for a, b in zip(g, s)]
@@ -173,6 +186,7 @@ def looksam_gradient(grads, direction, alpha) -> list:
 
     `alpha` may be a tensor (0 gives g exactly). A zero g_v adds nothing.
     """
+    grads = [pert.dense(g) for g in grads]
     norm = pert.global_norm(grads)
     coefficient = alpha * norm / (pert.global_norm(direction)
                                   + pert.NORM_EPSILON)
@@ -181,9 +195,15 @@ def looksam_gradient(grads, direction, alpha) -> list:
     ]
 
 
+def _dense_float32(tensors) -> list:
+    """Dense float32 copies (a row-sparse gradient's rows summed)."""
+    return [ops.cast(pert.dense(t), "float32") for t in tensors]
+
+
 def add(weights, eps) -> list:
-    """w + eps, each eps cast to its weight's dtype."""
-    return [w + ops.cast(e, w.dtype) for w, e in zip(weights, eps)]
+    """w + eps, each eps cast to its weight's dtype (a row-sparse eps is
+    added at its rows)."""
+    return [ops.add(w, ops.cast(e, w.dtype)) for w, e in zip(weights, eps)]
 
 
 def zeros_for_none(grads, weights) -> list:

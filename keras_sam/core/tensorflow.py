@@ -51,12 +51,15 @@ def state_variables(model) -> list:
     return unique
 
 
-def make_evaluate(model, state: list):
+def make_evaluate(model, state: list, dense=False):
     """`evaluate(weights, batch)`: one side-effect-free pass as a `Pass`.
 
     `weights`, a list of tensors, is mapped onto `model.trainable_variables`
     (regularisers read them too). `state` collects the state variables, so
-    that `Pass.updates` indexes into it.
+    that `Pass.updates` indexes into it. `Pass.grads` are as the tape gives
+    them (what Keras' own step applies); `Pass.summed` has each row of a
+    row-sparse gradient once, for the ascent. `dense=True` gives dense
+    gradients instead (a mapped group's step).
     """
     variables = model.trainable_variables
     training = _keras.call_has_training_arg(model)
@@ -91,6 +94,11 @@ def make_evaluate(model, state: list):
         else:
             grads, out_grads = tape.gradient(scaled, targets), None
         grads = step.zeros_for_none(grads, targets)
+        if dense:
+            grads = _dense(grads)
+        summed = [summed_rows(g) for g in grads]
+        if all(a is b for a, b in zip(summed, grads)):
+            summed = None
 
         def vjp(cotangents):
             """grad of <cotangents, f> plus the model's own losses."""
@@ -105,7 +113,9 @@ def make_evaluate(model, state: list):
             grads = tape.gradient(surrogate, targets)
             return step.zeros_for_none(grads, targets)
 
-        return step.Pass(loss, grads, y_pred, updates, out_grads, vjp)
+        return step.Pass(
+            loss, grads, y_pred, updates, out_grads, vjp, summed
+        )
 
     return evaluate
 
@@ -172,7 +182,7 @@ def _whole_batch(model, evaluate, batch, options, rho, normal, step_state):
     first, norm = None, None
     if options.trigger == "adaptive":
         first = step.first_pass(evaluate, weights, batch, options)
-        norm = _unscaled_norm(model, first.grads)
+        norm = _unscaled_norm(model, first.ascent_grads)
     use_sam = policy.use_sam(options, rho, iterations, step_state, norm)
 
     def kept_mask(grads):
@@ -188,14 +198,18 @@ def _whole_batch(model, evaluate, batch, options, rho, normal, step_state):
             model, evaluate, weights, batch, options, rho,
             inputs._replace(mask=kept_mask), one,
         )
-        policy.store_looksam_direction(step_state, one.grads, grads)
-        norm = _unscaled_norm(model, grads if one.grads is None else one.grads)
+        policy.store_looksam_direction(step_state, one.ascent_grads, grads)
+        norm = _unscaled_norm(
+            model, grads if one.grads is None else one.ascent_grads
+        )
+        if options.off_step == "looksam":  # its off-steps' gradient is dense
+            grads = _dense(grads)
         return grads, one.y_pred, (one.loss, loss2, norm), one.updates
 
     def base():
         one = first if first is not None else evaluate(weights, batch)
         grads = policy.off_step_gradient(options, step_state, one.grads, rho)
-        stats = (one.loss, one.loss, _unscaled_norm(model, one.grads))
+        stats = (one.loss, one.loss, _unscaled_norm(model, one.ascent_grads))
         return grads, one.y_pred, stats, one.updates
 
     grads, y_pred, (loss, loss2, norm), updates = _branch(
@@ -228,7 +242,7 @@ def _second_order(model, evaluate, weights, batch, rho, options, inputs):
         tape.watch(weights)
         first = evaluate(weights, batch)
         eps = step.perturb(
-            evaluate, weights, batch, first.grads, options, rho, inputs
+            evaluate, weights, batch, first.ascent_grads, options, rho, inputs
         )
         second = evaluate(step.add(weights, eps), batch, need_grads=False)
         scaled = model.optimizer.scale_loss(second.loss)
@@ -244,16 +258,20 @@ def _grouped(model, evaluate, batch, options, rho, normal, use_sam, m, state):
     # an empty replica batch) is perturbed as one group, like m=None.
     n = groups.batch_size(batch[0])
 
+    # Inside a group, gradients are dense: the groups' mean is dense, and
+    # a mapped function's outputs must have one fixed shape.
+    evaluate_group = make_evaluate(model, state, dense=True)
+
     def one_group(group):
         inputs = step.Inputs(normal, names)
         first = None
         if not options.second_order:
-            first = step.first_pass(evaluate, weights, group, options)
+            first = step.first_pass(evaluate_group, weights, group, options)
         first, grads, loss2 = _sam_pass(
-            model, evaluate, weights, group, options, rho, inputs, first
+            model, evaluate_group, weights, group, options, rho, inputs, first
         )
         norm = _unscaled_norm(
-            model, grads if first.grads is None else first.grads
+            model, grads if first.grads is None else first.ascent_grads
         )
         stats = (first.loss, loss2, norm)
         return _dense(grads), first.y_pred, stats, first.updates
@@ -275,7 +293,7 @@ def _grouped(model, evaluate, batch, options, rho, normal, use_sam, m, state):
 
     def base():
         first = evaluate(weights, batch)
-        norm = _unscaled_norm(model, first.grads)
+        norm = _unscaled_norm(model, first.ascent_grads)
         stats = (first.loss, first.loss, norm)
         return _dense(first.grads), first.y_pred, stats, first.updates
 
@@ -323,6 +341,24 @@ def _xla_on_cpu(model) -> bool:
         tf.config.list_logical_devices("GPU")
         or tf.config.list_logical_devices("TPU")
     )
+
+
+def summed_rows(grad):
+    """A row-sparse gradient with each row once, its duplicates summed.
+
+    `tape.gradient` gives a gather of a weight (an `Embedding`) as
+    `tf.IndexedSlices` with one row per lookup: a token used k times is k
+    rows. Norms and elementwise maps of those rows are not the gradient's;
+    of the summed rows they are, and the gradient stays sparse (no dense
+    copy of a large table). Dense tensors are returned as they are.
+    """
+    if not isinstance(grad, tf.IndexedSlices):
+        return grad
+    rows, positions = tf.unique(grad.indices)
+    values = tf.math.unsorted_segment_sum(
+        grad.values, positions, tf.shape(rows)[0]
+    )
+    return tf.IndexedSlices(values, rows, grad.dense_shape)
 
 
 def _dense(grads) -> list:
