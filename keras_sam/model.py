@@ -152,7 +152,9 @@ class SAMModel(MultiWorkerFix, _keras.ClonedSettings, keras.Model):
 
     def get_sam_config(self) -> dict:
         """rho (its current value) and every SAM option, as a dict."""
-        rho = float(keras.ops.convert_to_numpy(self._sam.rho.value))
+        # The Keras variable, not its `.value`: under a strategy scope that
+        # is a MirroredVariable, which NumPy cannot convert.
+        rho = float(keras.ops.convert_to_numpy(self._sam.rho))
         return {"rho": rho, **self.sam_options.get_config()}
 
     def _set_sam_config(self, config):

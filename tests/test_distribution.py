@@ -3,6 +3,8 @@
 The logical CPUs of tests/conftest.py give MirroredStrategy its replicas.
 """
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -114,3 +116,79 @@ def test_local_tf_configs():
     assert len(set(workers)) == 2
     assert [c["task"]["index"] for c in configs] == [0, 1]
     assert all(c["cluster"]["worker"] == workers for c in configs)
+
+
+# ------------------------------------- saving inside a strategy's scope
+
+STRATEGIES = {
+    "mirrored": lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
+    "one_device": lambda: tf.distribute.OneDeviceStrategy("/cpu:0"),
+}
+
+
+def _save_routes(model, tmp_path):
+    """Every way a user saves or describes a model, each with its result."""
+    return {
+        "get_config": model.get_config,
+        "to_json": model.to_json,
+        "get_compile_config": model.get_compile_config,
+        "save": lambda: model.save(str(tmp_path / "model.keras")),
+        "save_h5": lambda: model.save(str(tmp_path / "model.h5")),
+        "save_weights": lambda: model.save_weights(
+            str(tmp_path / "model.weights.h5")),
+        "clone_model": lambda: keras.models.clone_model(model),
+    }
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_every_saving_route_works_inside_the_scope(strategy, tmp_path):
+    strategy = STRATEGIES[strategy]()
+    x, y = data()
+    with strategy.scope():
+        model = build(keras_sam.SAMModel, rho=0.25, m=2)
+        model.compile(optimizer="sgd", loss="mse")
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+        model.rho.assign(0.125)  # the current value is what is saved
+        for route, call in _save_routes(model, tmp_path).items():
+            try:
+                call()
+            except Exception as error:  # noqa: BLE001 - name the route
+                pytest.fail(f"{route} inside the scope: {error!r}")
+        assert model.get_config()["rho"] == 0.125
+        loaded = keras.models.load_model(str(tmp_path / "model.keras"))
+        assert isinstance(loaded, keras_sam.SAMModel)
+        assert float(loaded.rho.numpy()) == 0.125 and loaded.m == 2
+        for a, b in zip(model.get_weights(), loaded.get_weights()):
+            np.testing.assert_array_equal(a, b)
+        loaded.fit(x, y, batch_size=4, epochs=1, verbose=0)  # keeps training
+
+
+def _make_or_restore_model(checkpoints):
+    """keras.io, "Multi-GPU and distributed training", fault tolerance."""
+    saved = sorted(os.listdir(checkpoints))
+    if saved:
+        return keras.models.load_model(os.path.join(checkpoints, saved[-1]))
+    model = build(keras_sam.SAMModel, rho=0.1)
+    model.compile(optimizer="sgd", loss="mse")
+    return model
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_fault_tolerance_recipe_runs_twice(strategy, tmp_path):
+    strategy = STRATEGIES[strategy]()
+    checkpoints = str(tmp_path / "ckpt")
+    os.makedirs(checkpoints)
+    x, y = data()
+    iterations = []
+    for _ in range(2):
+        with strategy.scope():
+            model = _make_or_restore_model(checkpoints)
+        callback = keras.callbacks.ModelCheckpoint(
+            os.path.join(checkpoints, "ckpt-{epoch:02d}.keras"))
+        model.fit(x, y, batch_size=4, epochs=2, verbose=0,
+                  callbacks=[callback])
+        iterations.append(int(model.optimizer.iterations.numpy()))
+        assert isinstance(model, keras_sam.SAMModel)
+    assert iterations == [8, 16]  # the second run continued the first
+    assert sorted(os.listdir(checkpoints)) == [
+        "ckpt-01.keras", "ckpt-02.keras"]

@@ -98,6 +98,7 @@ def trained_worker(index, out):
     results["eval_loss"] = np.array(logs["loss"])
     results["eval_accuracy"] = np.array(logs["accuracy"])
     results["predict"] = model.predict(x_eval, batch_size=BATCH, verbose=0)
+    results.update(_saved_in_scope(model, strategy, index, out))
     plain = _build(plain_class, strategy)
     plain.fit(_train_dataset(), epochs=1, shuffle=False, verbose=0)
     results.update(_weights(plain, "plain_"))
@@ -114,6 +115,30 @@ def trained_worker(index, out):
         results["m2_error"] = np.array(f"{type(error).__name__}: {error}")
     results.update(_resumable_fit(strategy, index, out, crash=False))
     multiworker.save(out, index, **results)
+
+
+def _saved_in_scope(model, strategy, index, out):
+    """Every saving route inside the scope, then a reload that trains on."""
+    import keras
+
+    model.rho.assign(0.25)  # the current value is what is saved
+    path = os.path.join(out, "..", f"model{index}.keras")
+    results = {}
+    with strategy.scope():
+        try:
+            model.get_config()
+            model.to_json()
+            model.save(path)
+            loaded = keras.models.load_model(
+                path, custom_objects={"MultiWorkerSAM": type(model)})
+            results.update(_weights(loaded, "loaded_"))
+            results["loaded_rho"] = np.array(float(loaded.rho.numpy()))
+            loaded.fit(_train_dataset(), epochs=1, shuffle=False, verbose=0)
+        except Exception as error:  # reported by its test
+            results["save_error"] = np.array(f"{type(error).__name__}: "
+                                             f"{error}")
+    model.rho.assign(RHO)
+    return results
 
 
 def _resumable_fit(strategy, index, out, crash):
@@ -270,6 +295,14 @@ def test_m2_per_worker_groups(trained):
     for result in trained:
         assert _max_error(_saved(result, "m2_"), expected) < 1e-5
         assert _max_error(_saved(result, "m2_"), per_worker) > 1e-4
+
+
+def test_saving_inside_the_scope_and_reloading(trained):
+    for result in trained:
+        assert "save_error" not in result, str(result["save_error"])
+        assert float(result["loaded_rho"]) == 0.25
+        assert _max_error(_saved(result, "loaded_"), _saved(result, "sam_")
+                          ) == 0
 
 
 def test_evaluate_and_predict_equal_one_process(trained):
