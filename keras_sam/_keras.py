@@ -271,4 +271,20 @@ def symbolic_build(model, iterator=None, data_batch=None):
         return
     if all(layer.built for layer in flatten_layers(model)):
         return
+    if data_batch is None:  # the shapes Keras' first trace would see
+        data_batch = _element_spec(iterator)
     model._symbolic_build(iterator=iterator, data_batch=data_batch)
+
+
+def _element_spec(iterator):
+    """The batch structure a Keras `EpochIterator` will yield, or None.
+
+    Building from a batch pulled from a new iterator would consume one: a
+    `tf.data` dataset reshuffles per iterator, so every epoch would see the
+    order of the next. The iterator's data adapter (`EpochIterator.
+    data_adapter`, no public accessor) knows the spec without reading.
+    """
+    adapter = getattr(iterator, "data_adapter", None)
+    if adapter is None:
+        return None
+    return adapter.get_tf_dataset().element_spec

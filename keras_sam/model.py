@@ -117,6 +117,13 @@ class SAMModel(MultiWorkerFix, _keras.ClonedSettings, keras.Model):
         if is_functional_call(args, kwargs):
             check_functional_kwargs(kwargs, names)
             source = _keras.clone_source(args[0] if args else kwargs["inputs"])
+            if not isinstance(self, Functional):
+                # A subclass whose own __init__ builds layers and calls
+                # `super().__init__(inputs=..., outputs=...)` (KerasHub's
+                # pattern): `__new__` saw no graph, so switch here.
+                self.__class__ = functional_variant(
+                    type(self), FunctionalSAMModel
+                )
         with bases_kept(SAMModel):
             super().__init__(*args, **kwargs)
         self._sam = SAMState(rho, options)
@@ -238,6 +245,24 @@ class SAMModel(MultiWorkerFix, _keras.ClonedSettings, keras.Model):
             iterator=iterator, data_batch=data_batch
         )
 
+    def apply_sam_gradients(self, gradients):
+        """Applies SAM's gradients, and what the step deferred until then.
+
+        The SAM counterpart of `self.optimizer.apply(grads,
+        self.trainable_variables)` in a custom `train_step`: it applies the
+        gradients of `compute_sam_gradients` with the optimizer, then the
+        updates the step holds back until after the optimizer's all-reduce
+        (the moving statistics of `sync_moving_statistics=True`).
+
+        Args:
+            gradients: The gradients `compute_sam_gradients` returned.
+        """
+        if self.trainable_weights:
+            self.optimizer.apply(gradients, self.trainable_variables)
+        else:
+            warnings.warn("The model does not have any trainable weights.")
+        self._sam.apply_deferred()
+
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         grads, y_pred, loss = self.compute_sam_gradients(x, y, sample_weight)
@@ -246,13 +271,9 @@ class SAMModel(MultiWorkerFix, _keras.ClonedSettings, keras.Model):
             _keras.unscale_loss_for_distribution(loss),
             sample_weight=keras.ops.shape(first)[0],
         )
-        if self.trainable_weights:
-            self.optimizer.apply(grads, self.trainable_variables)
-        else:
-            warnings.warn("The model does not have any trainable weights.")
-        backend_step.sync_statistics(getattr(self._sam.local, "deferred", []))
+        self.apply_sam_gradients(grads)
         logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-        return {**logs, **self.sam_logs()}
+        return {**logs, **self.sam_logs(in_logs=True)}
 
     @property
     def sam_metrics(self) -> list:
@@ -260,12 +281,18 @@ class SAMModel(MultiWorkerFix, _keras.ClonedSettings, keras.Model):
         `model.metrics`, so `evaluate` is a keras.Model's)."""
         return [self._sam.grad_norm, self._sam.sharpness]
 
-    def sam_logs(self) -> dict:
+    def sam_logs(self, in_logs=False) -> dict:
         """SAM's training statistics for the logs: rho, grad_norm, sharpness.
 
         `grad_norm` is ||g|| of the ascent gradient and `sharpness` the
         estimate L(w + eps) - L(w), both means over the epoch's SAM steps.
+
+        Args:
+            in_logs: Bool, what the training logs get: `{}` when the model
+                was made with `log_statistics=False`.
         """
+        if in_logs and not self.sam_options.log_statistics:
+            return {}
         return self._sam.logs()
 
     def reset_metrics(self):
@@ -273,6 +300,14 @@ class SAMModel(MultiWorkerFix, _keras.ClonedSettings, keras.Model):
         self._sam.reset()
 
     # -------------------------------------------------------------- config
+
+    def __reduce__(self):
+        # Keras pickles a model as its `.keras` bytes and a classmethod of
+        # its class, which pickle finds by name; the classes SAM generates
+        # (functional variants, SAM subclasses of a model class) share
+        # their base's name. SAMModel's classmethod loads any of them.
+        _, arguments = super().__reduce__()
+        return SAMModel._unpickle_model, arguments
 
     def get_config(self):
         config = super().get_config()
@@ -291,7 +326,7 @@ class SAMModel(MultiWorkerFix, _keras.ClonedSettings, keras.Model):
         config = dict(config)
         base = config.pop("sam_base_class", None)
         if base is not None:
-            return sam_class(resolve_class(base)).from_config(
+            return sam_class(resolve_class(base, custom_objects)).from_config(
                 config, custom_objects
             )
         names = {field.name for field in dataclasses.fields(SAMOptions)}
@@ -307,8 +342,10 @@ class SAMModel(MultiWorkerFix, _keras.ClonedSettings, keras.Model):
         # `keras.models.clone_model` rebuilds a functional model from its
         # inputs and outputs only, then compiles it from this config: carry
         # the SAM settings along, so that a compiled clone keeps them.
+        # An uncompiled model's config stays Keras' empty dict: Keras'
+        # loader compiles a model whenever the dict is not empty.
         config = super().get_compile_config()
-        if config is not None:
+        if config:
             config = {**config, "sam_config": self.get_sam_config()}
         return config
 
@@ -325,15 +362,18 @@ class SAMModel(MultiWorkerFix, _keras.ClonedSettings, keras.Model):
     def from_model(cls, model, input_shape=None, **sam_kwargs):
         """SAM for an existing Keras model, sharing its layers and weights.
 
-        - A functional or `Sequential` model (with known inputs, or given
-          `input_shape`) gives a new functional `SAMModel` built on the same
-          layers (no copy).
+        - A functional model, or a `Sequential` with known inputs (or
+          given `input_shape`), gives a new functional `SAMModel` built on
+          the same layers (no copy), with the same input and output
+          structures and, if the model is compiled, compiled the same way
+          (the same optimizer object, so its state carries over).
         - Any other model (a `keras.Model` subclass, a KerasHub task, a
           `Sequential` built lazily by its first batch, ...) is turned
-          into a SAM model in place and returned: its class
-          becomes a SAM subclass of its own class, so it keeps its methods
-          (`generate()`, a preprocessor run in `fit`), its compile defaults
-          and its saving, with rho and the SAM options in its config.
+          into a SAM model in place and returned: its class becomes a SAM
+          subclass of its own class, so it keeps its methods
+          (`generate()`, a preprocessor run in `fit`), its compile
+          settings and its saving, with rho and the SAM options in its
+          config.
 
         Args:
             model: A `keras.Model`.
@@ -397,9 +437,22 @@ def _graph_inputs(model) -> list:
 
 
 def _from_graph(cls, model, sam_kwargs):
-    """A functional SAMModel on the layers of a functional/Sequential model."""
-    return cls(inputs=model.inputs, outputs=model.outputs, name=model.name,
-               **sam_kwargs)
+    """A functional SAMModel on the layers of a functional/Sequential model.
+
+    It keeps the structures of the model's inputs and outputs (a single
+    tensor, a list, a dict: what `predict` returns and what a loss dict
+    is keyed by), and, if the model is compiled, its compile settings with
+    the same optimizer (and its state).
+    """
+    if isinstance(model, keras.Sequential):  # one input, one output
+        inputs, outputs = model.inputs[0], model.outputs[0]
+    else:
+        inputs, outputs = model.input, model.output
+    sam = cls(inputs=inputs, outputs=outputs, name=model.name, **sam_kwargs)
+    arguments = _keras.compile_arguments(model) if model.compiled else None
+    if arguments is not None:
+        sam.compile(**{**arguments, "optimizer": model.optimizer})
+    return sam
 
 
 @keras.saving.register_keras_serializable(package="keras_sam", name="SAMModel")

@@ -51,17 +51,41 @@ def sam_class(base, sam_model):
     return _SAM_CLASSES[base]
 
 
-def resolve_class(reference):
-    """The class a `sam_base_class` config entry names."""
-    found = keras.saving.get_registered_object(reference["registered_name"])
-    if found is None:
-        module = importlib.import_module(reference["module"])
-        found = getattr(module, reference["class_name"], None)
+# The packages whose modules Keras' own loader imports by the name a file
+# gives (keras/src/saving/serialization_lib.py, since the fix of
+# CVE-2025-1550); any other class must be registered or passed in.
+TRUSTED_PACKAGES = frozenset({"keras", "keras_hub", "keras_cv", "keras_nlp"})
+
+
+def resolve_class(reference, custom_objects=None):
+    """The model class a `sam_base_class` config entry names.
+
+    A file is input: like Keras' own loader, this imports no module the
+    file names unless it belongs to Keras or KerasHub (`TRUSTED_PACKAGES`).
+    Any other class must be registered
+    (`keras.saving.register_keras_serializable`) or in `custom_objects`.
+
+    Raises:
+        ValueError: The class is not found that way, or is not a
+            `keras.Model` subclass.
+    """
+    reference = dict(reference)
+    module = str(reference.get("module", ""))
+    name = str(reference.get("class_name", ""))
+    found = keras.saving.get_registered_object(
+        reference.get("registered_name") or name, custom_objects
+    ) or (custom_objects or {}).get(name)
+    if found is None and module.split(".")[0] in TRUSTED_PACKAGES:
+        found = getattr(importlib.import_module(module), name, None)
     if not isinstance(found, type) or not issubclass(found, keras.Model):
         raise ValueError(
-            f"Cannot load the SAM model: its class {reference!r} was not "
-            "found. Import the module that defines it (and register it with "
-            "`keras.saving.register_keras_serializable`) before loading."
+            f"Cannot load this SAM model: its model class {module}.{name} "
+            "is not known here, and a file's class is never imported from "
+            "the module the file names (only Keras and KerasHub classes "
+            "are). Import the module that defines the class and register "
+            "it with `@keras.saving.register_keras_serializable()`, or pass "
+            f"`custom_objects={{{name!r}: {name}}}` to `load_model`. "
+            f"Received: sam_base_class={reference!r}"
         )
     return found
 

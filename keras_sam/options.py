@@ -100,6 +100,10 @@ class SAMOptions:
             the last SAM gradient orthogonal to its g, kept per replica).
         looksam_alpha: LookSAM's alpha, >= 0 (0 is `off_step="base"`).
         seed: Integer seed of random perturbations and masks.
+        log_statistics: Whether the training logs (History, callbacks,
+            CSV) hold SAM's `rho`, `grad_norm` and `sharpness`; False
+            gives exactly keras.Model's log keys (`model.sam_logs()`
+            still has the values).
         sync_moving_statistics: Under a distribution strategy, average
             BatchNormalization moving statistics across replicas after each
             step (as SyncBatchNorm users expect). Off by default, as in
@@ -130,6 +134,7 @@ class SAMOptions:
     looksam_alpha: float = 0.7
     seed: int = 0
     sync_moving_statistics: bool = False
+    log_statistics: bool = True
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)
@@ -148,6 +153,7 @@ class SAMOptions:
             "second_order",
             "adapt_normalization",
             "sync_moving_statistics",
+            "log_statistics",
         ):
             _check_bool(name, getattr(self, name))
         if isinstance(self.seed, bool) or not isinstance(

@@ -7,6 +7,8 @@ from typing import NamedTuple
 
 import keras
 
+from keras_sam.core.sync import sync_statistics
+
 
 class SAMGradients(NamedTuple):
     """What `SAMModel.compute_sam_gradients` returns."""
@@ -50,6 +52,13 @@ class SAMState:
             sharpness, sample_weight=finite * stats["sam_weight"]
         )
 
+    def apply_deferred(self):
+        """Applies this replica's deferred updates (synced statistics)."""
+        deferred = getattr(self.local, "deferred", None)
+        if deferred:
+            sync_statistics(deferred)
+        self.local.deferred = []
+
     def logs(self) -> dict:
         return {
             # A copy, not `convert_to_tensor`: eagerly (run_eagerly=True)
@@ -72,8 +81,11 @@ def warn_if_sam_unused(train_step):
     def checked_train_step(self, data):
         calls = self._sam.calls
         logs = train_step(self, data)
+        # A step that applied its gradients with `optimizer.apply` rather
+        # than `apply_sam_gradients` still gets what SAM deferred.
+        self._sam.apply_deferred()
         if self._sam.calls > calls and isinstance(logs, dict):
-            logs = {**self.sam_logs(), **logs}
+            logs = {**self.sam_logs(in_logs=True), **logs}
         elif self._sam.calls == calls and not self._sam.warned:
             self._sam.warned = True
             warnings.warn(

@@ -68,12 +68,20 @@ def sam_gradient(weights, x, y, rho, sample_weight=None):
 
 
 def grouped_sam_gradient(weights, x, y, rho, group_size):
-    """Mean of the SAM gradients of consecutive groups of `group_size`."""
+    """The SAM gradients of consecutive groups of `group_size` (the last
+    one smaller if `len(y)` is not a multiple), each weighted by its share
+    of the batch: the batch loss is the size-weighted mean of the groups'
+    mean losses, so with equal groups this is their plain mean."""
+    starts = range(0, len(y), group_size)
     groups = [
         sam_gradient(weights, x[i : i + group_size], y[i : i + group_size], rho)
-        for i in range(0, len(y), group_size)
+        for i in starts
     ]
-    return [tf.reduce_mean(tf.stack(parts), axis=0) for parts in zip(*groups)]
+    shares = [len(y[i : i + group_size]) / len(y) for i in starts]
+    return [
+        sum(share * g for share, g in zip(shares, parts))
+        for parts in zip(*groups)
+    ]
 
 
 def sgd_update(weights, grads, learning_rate):

@@ -300,7 +300,8 @@ def test_bad_arguments_raise_clear_errors(kwargs, match):
 @pytest.mark.parametrize("jit", [False, True])
 @pytest.mark.parametrize("source", ["numpy", "dataset"])
 def test_m_with_a_remainder_batch_trains_as_documented(jit, source):
-    """Batches of 6 in groups of 3, then a remainder of 2: one group."""
+    """Batches of 6 in groups of 3, then a remainder of 2 (< m): one group
+    of 2."""
     x, y = reference.tiny_data(n=8)
     model = build(rho=RHO, m=3, jit_compile=jit)
     if source == "numpy":
@@ -315,6 +316,29 @@ def test_m_with_a_remainder_batch_trains_as_documented(jit, source):
     expected = reference.sgd_update(weights, grads, LEARNING_RATE)
     assert_weights_close(weights_of(model), expected)
     assert np.all(np.isfinite(model.get_weights()[0]))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("source", ["numpy", "dataset"])
+def test_m_gives_the_leftover_examples_a_group_of_their_own(jit, source):
+    """A batch of 8 with m=3: groups of 3, 3 and 2, weighted 3/8, 3/8, 2/8
+    (not one group of 8, which ignored m)."""
+    x, y = reference.tiny_data(n=8)
+    model = build(rho=RHO, m=3, jit_compile=jit)
+    if source == "numpy":
+        history = model.fit(x, y, batch_size=8, shuffle=False, verbose=0)
+    else:  # a dynamic batch dimension
+        data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+        history = model.fit(data, verbose=0)
+    grads = reference.grouped_sam_gradient(initial_weights(), x, y, RHO, 3)
+    expected = reference.sgd_update(initial_weights(), grads, LEARNING_RATE)
+    assert_weights_close(weights_of(model), expected)
+    whole = reference.sgd_update(
+        initial_weights(), reference.sam_gradient(initial_weights(), x, y, RHO),
+        LEARNING_RATE)
+    assert max(np.max(np.abs(a - b)) for a, b in zip(expected, whole)) > 1e-4
+    loss = reference.loss(initial_weights(), x, y)
+    np.testing.assert_allclose(history.history["loss"][0], loss, rtol=1e-5)
 
 
 def test_an_empty_replica_batch_gives_no_nan():
@@ -398,8 +422,35 @@ def test_functional_use_of_a_subclass_leaves_other_subclasses_intact(tmp_path):
     TinyNet(rho=0.1)(np.zeros((1, reference.INPUT_DIM), "float32"))
 
 
-def _replica_moving_means(**sam_kwargs):
-    """BatchNorm moving means of each of 2 replicas after one step."""
+class RecipeStep(keras_sam.SAMModel):
+    """The README's custom `train_step` (keras.io's guide with SAM)."""
+
+    def train_step(self, data):
+        x, y = data
+        grads, y_pred, loss = self.compute_sam_gradients(x, y)
+        self.apply_sam_gradients(grads)
+        for metric in self.metrics:
+            if metric.name == "loss":
+                metric.update_state(loss)
+            else:
+                metric.update_state(y, y_pred)
+        return {m.name: m.result() for m in self.metrics}
+
+
+class OptimizerApplyStep(RecipeStep):
+    """The guide's step with `optimizer.apply` left as it was."""
+
+    def train_step(self, data):
+        x, y = data
+        grads, _, loss = self.compute_sam_gradients(x, y)
+        self.optimizer.apply(grads, self.trainable_variables)
+        return {"loss": loss}
+
+
+def _replica_moving_means(model_class=keras_sam.SAMModel, weights=None,
+                          **sam_kwargs):
+    """BatchNorm moving means of each of 2 replicas after one step (and
+    the trained weights, appended to `weights` if given)."""
     keras.utils.set_random_seed(0)
     # Reduction to one device: collective ops share instance keys across the
     # process's strategies, so one aborted elsewhere would fail this test.
@@ -409,7 +460,7 @@ def _replica_moving_means(**sam_kwargs):
             keras.layers.Dense(4)(inputs)
         )
         if sam_kwargs:
-            model = keras_sam.SAMModel(
+            model = model_class(
                 inputs, keras.layers.Dense(1)(normed), **sam_kwargs
             )
         else:
@@ -418,6 +469,8 @@ def _replica_moving_means(**sam_kwargs):
     x = np.concatenate([np.zeros((4, 3)), 5 + np.ones((4, 3))]).astype("f4")
     model.fit(x, np.ones((8, 1)), batch_size=8, shuffle=False, verbose=0)
     bn = model.layers[2]
+    if weights is not None:
+        weights.append(model.get_weights())
     return [v.numpy() for v in bn.moving_mean.value.values]
 
 
@@ -428,6 +481,22 @@ def test_moving_statistics_are_averaged_across_replicas_on_request():
     synced = _replica_moving_means(rho=0.0, sync_moving_statistics=True)
     for replica in synced:
         np.testing.assert_allclose(replica, (plain[0] + plain[1]) / 2, 1e-6)
+
+
+@pytest.mark.parametrize("step", [RecipeStep, OptimizerApplyStep])
+def test_custom_steps_keep_synced_moving_statistics(step):
+    """A custom train_step under 2 replicas with sync_moving_statistics:
+    the same statistics and weights as SAMModel's own step (the recipe's
+    `apply_sam_gradients`, or after an `optimizer.apply` step)."""
+    weights = []
+    kwargs = {"rho": 0.1, "sync_moving_statistics": True}
+    expected = _replica_moving_means(weights=weights, **kwargs)
+    assert np.allclose(expected[0], expected[1])
+    custom = _replica_moving_means(step, weights=weights, **kwargs)
+    for replica in custom:
+        np.testing.assert_allclose(replica, expected[0], rtol=1e-6)
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_m_under_one_device_strategy_equals_grouped_hand_sam():
@@ -474,3 +543,20 @@ def test_from_model_of_a_lazily_built_sequential(tmp_path):
 
     shaped = keras_sam.SAMModel.from_model(lazy_sequential(), input_shape=(3,))
     assert shaped.layers[-1].built and not isinstance(shaped, keras.Sequential)
+
+
+def test_log_statistics_off_gives_keras_log_keys(tmp_path):
+    x, y = reference.tiny_data()
+    model = build(rho=RHO, log_statistics=False)
+    history = model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    assert sorted(history.history) == ["accuracy", "loss"]
+    assert set(model.sam_logs()) == {"rho", "grad_norm", "sharpness"}
+    logger = keras_sam.SharpnessLogger()  # reads the model's trackers
+    model.fit(x, y, batch_size=4, verbose=0, callbacks=[logger])
+    assert np.isfinite(logger.epochs[-1]["grad_norm"])
+    assert model.get_config()["log_statistics"] is False
+    path = str(tmp_path / "quiet.keras")
+    model.save(path)
+    assert keras.models.load_model(path).sam_options.log_statistics is False
+    with pytest.raises(ValueError, match="log_statistics"):
+        build(log_statistics="no")

@@ -193,7 +193,8 @@ class Twins:
 
 
 def run_twins(
-    build, train, data, rho=0.0, seed=SEED, strategy=None, **options
+    build, train, data, rho=0.0, seed=SEED, strategy=None, control=False,
+    **options
 ) -> Twins:
     """Builds and trains the plain and the SAM twin of one program.
 
@@ -209,12 +210,16 @@ def run_twins(
             build and before each `train`.
         strategy: Optional `tf.distribute.Strategy`: build and train run in
             its scope.
+        control: Bool, make both twins plain Keras: whether Keras itself
+            reproduces the program (a control for a failing twin).
         **options: Other `SAMModel` arguments for the SAM twin.
 
     Returns:
         A `Twins`.
     """
     flavours = (PLAIN, Flavour(sam=True, rho=rho, options=options))
+    if control:
+        flavours = (PLAIN, PLAIN)
     scope = strategy.scope if strategy else contextlib.nullcontext
     models = []
     for flavour in flavours:

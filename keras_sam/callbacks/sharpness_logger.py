@@ -150,8 +150,12 @@ class SharpnessLogger(keras.callbacks.Callback):
         rho = logs.get("rho", self._rho())
         row = {"epoch": epoch, "rho": float(rho)}
         row["loss"] = float(logs.get("loss", float("nan")))
+        own = {}  # log_statistics=False: read the model's own trackers
+        if any(name not in logs for name in _STATS):
+            own = getattr(self.model, "sam_logs", dict)()
         for name in _STATS:
-            row[name] = float(logs.get(name, float("nan")))
+            value = logs.get(name, own.get(name, float("nan")))
+            row[name] = float(keras.ops.convert_to_numpy(value))
         if "rho" not in logs and hasattr(self.model, "rho"):
             logs["rho"] = row["rho"]
         self.epochs.append(row)

@@ -104,9 +104,12 @@ def split_into_groups(structure, m: int):
 # - "auto" (default): "unroll" when `fn` contains ops that "vectorize"
 #   would loop over (convolutions), the number of groups is static, and
 #   the unrolled graph would have at most `max_unrolled_ops` ops; "unroll"
-#   (if as small) or "loop" where "vectorize" would crash
-#   (`CRASHES_VECTORIZED_MAP_ON_ONE_EXAMPLE`); "vectorize" otherwise.
-#   Deciding traces `fn` once more, into a graph that is thrown away.
+#   (if as small) or "loop" where "vectorize" fails or would fail: it
+#   would crash (`CRASHES_VECTORIZED_MAP_ON_ONE_EXAMPLE`), `fn` has a loop
+#   (`NOT_VECTORIZED`: a recurrent layer) or a tensor of rank
+#   `MAX_VECTORIZED_RANK` (the group axis would raise it past what CPU
+#   kernels take); "vectorize" otherwise. Deciding traces `fn` once more,
+#   into a graph that is thrown away.
 STRATEGIES = ("auto", "vectorize", "unroll", "loop")
 
 # Ops that `tf.vectorized_map` cannot batch over per-group weights: pfor runs
@@ -134,6 +137,18 @@ LOOPED_BY_VECTORIZED_MAP = frozenset(
 # Reproduced by `tf.vectorized_map(lambda x: tf.matmul(x, k), tf.ones([4,
 # 1, 8, 8]))` with `k` of shape [8, 8]; no upstream issue found.
 CRASHES_VECTORIZED_MAP_ON_ONE_EXAMPLE = frozenset({"BatchMatMulV2"})
+
+# Loops inside `fn` (Keras' recurrent layers): `tf.vectorized_map` fails on
+# some of them, e.g. `Embedding(mask_zero=True)` + `GRU` ("dtype variant is
+# not compatible with 0 of dtype int64", TF 2.21, from the loop's
+# TensorList); a map that keeps one group per call runs them as they are.
+NOT_VECTORIZED = frozenset({"While", "StatelessWhile"})
+
+# `tf.vectorized_map` adds the group axis to every tensor of `fn`: a rank-5
+# tensor becomes rank 6, which CPU kernels refuse (oneDNN's softmax takes
+# rank <= 5: "Input dims must be <= 5", e.g. the attention of KerasHub's
+# Gemma). Functions with tensors of this rank keep one group per call.
+MAX_VECTORIZED_RANK = 5
 
 
 def map_groups(
@@ -203,16 +218,19 @@ def _auto_strategy(fn, groups, num_groups, max_unrolled_ops) -> str:
     if num_groups == 1:
         return "unroll"
     one_example = tf.nest.flatten(groups)[0].shape[1] == 1
-    if num_groups is None and not one_example:
-        return "vectorize"  # no other choice to make: no need to trace
-    op_types = _op_types(_trace(fn, groups))
+    traced = _trace(fn, groups)
+    op_types = _op_types(traced)
     small = (
         num_groups is not None
         and num_groups * sum(op_types.values()) <= max_unrolled_ops
     )
-    if one_example and not CRASHES_VECTORIZED_MAP_ON_ONE_EXAMPLE.isdisjoint(
-        op_types
-    ):
+    fails = (
+        (one_example
+         and not CRASHES_VECTORIZED_MAP_ON_ONE_EXAMPLE.isdisjoint(op_types))
+        or not NOT_VECTORIZED.isdisjoint(op_types)
+        or _max_rank(traced) >= MAX_VECTORIZED_RANK
+    )
+    if fails:
         return "unroll" if small else "loop"
     if small and not LOOPED_BY_VECTORIZED_MAP.isdisjoint(op_types):
         return "unroll"
@@ -242,6 +260,17 @@ def _trace(fn, groups):
     return tf.function(fn).get_concrete_function(spec)
 
 
+def _max_rank(concrete_function) -> int:
+    """The highest rank of a tensor in a function's graph (0 if none)."""
+    ranks = [
+        t.shape.rank
+        for op in concrete_function.graph.get_operations()
+        for t in op.outputs
+        if t.shape.rank is not None
+    ]
+    return max(ranks, default=0)
+
+
 def _op_types(concrete_function) -> collections.Counter:
     """How many ops of each type a function's graph and its callees have."""
     graph_def = concrete_function.graph.as_graph_def()
@@ -267,51 +296,86 @@ def _inner_shape(t: tf.Tensor, start: int) -> list:
     ]
 
 
-def if_divisible(n, m: int, in_groups: Callable, whole: Callable):
-    """`in_groups` when the batch size n is a positive multiple of m, else
-    `whole` (one group): a batch that is not splits as m=None would. Decided
-    at trace time when n is static, by a `tf.cond` otherwise."""
-    if isinstance(n, int):
-        return in_groups if n % m == 0 and n > 0 else whole
-    divisible = tf.logical_and(tf.equal(n % m, 0), n > 0)
-    return lambda: tf.cond(divisible, in_groups, whole)
+def split_with_remainder(structure, n, m: int):
+    """A batch of n as `(groups, sizes, rest)`: the first n // m groups of
+    m examples, shaped `[groups, m, ...]`, their sizes, and the n % m
+    examples left over.
 
+    `groups` and `sizes` are None when there is no whole group at trace
+    time (n static), `rest` when nothing is left over. With a dynamic n
+    there is at least one group, padded with zeros and of size 0 when n <
+    m: mapping over no group fails, even where only XLA compiles it.
 
-def whole_groups(structure, n, m: int):
-    """Each tensor's first max(n // m, 1) * m rows, zero-padded if fewer.
-
-    A no-op on a batch `if_divisible` sends to the groups; but XLA compiles
-    that branch for the batches it is not taken on too, which must still
-    split into at least one whole group.
+    >>> full, sizes, rest = split_with_remainder(tf.zeros([7, 3]), 7, m=3)
+    >>> full.shape, sizes.numpy().tolist(), rest.shape
+    (TensorShape([2, 3, 3]), [3, 3], TensorShape([1, 3]))
     """
-    size = tf.maximum(n // m, 1) * m
+    q = n // m
+    tail = tf.nest.map_structure(lambda t: t[q * m:], structure)
+    if isinstance(n, int):
+        if q == 0:
+            return None, None, tail
+        head = tf.nest.map_structure(lambda t: t[: q * m], structure)
+        rest = tail if n % m else None
+        return split_into_groups(head, m), tf.fill([q], m), rest
+    count = tf.maximum(q, 1)
 
-    def resize(t):
-        shape = tf.concat([[tf.maximum(size - n, 0)], tf.shape(t)[1:]], 0)
-        return tf.concat([t, tf.zeros(shape, t.dtype)], axis=0)[:size]
+    def head(t):
+        padding = tf.zeros(tf.concat([[count * m - q * m], tf.shape(t)[1:]],
+                                     0), t.dtype)
+        return tf.concat([t[: q * m], padding], 0)
 
-    return tf.nest.map_structure(resize, structure)
+    full = split_into_groups(tf.nest.map_structure(head, structure), m)
+    sizes = tf.where(tf.range(count) < q, m, 0)
+    return full, sizes, tail
 
 
-def merge_updates(updates: dict, state: list, metric_ids: set) -> dict:
+def if_not_empty(size, fn: Callable, group):
+    """`fn(group)`, or zeros shaped like its outputs when `size` (the
+    length of `group`'s leading axis, a tensor) is 0, by a `tf.cond`."""
+    spec = _trace(fn, tf.nest.map_structure(lambda t: t[None], group))
+    zeros = lambda: tf.nest.map_structure(  # noqa: E731
+        lambda s: tf.zeros([d or 0 for d in s.shape], s.dtype),
+        spec.structured_outputs,
+    )
+    return tf.cond(size > 0, lambda: fn(group), zeros)
+
+
+def weighted_sum(weights, stacked):
+    """sum_g weights[g] * stacked[g], for tensors stacked on axis 0."""
+    weights = tf.cast(weights, stacked.dtype)
+    ones = [1] * (stacked.shape.rank - 1)
+    return tf.reduce_sum(tf.reshape(weights, [-1] + ones) * stacked, axis=0)
+
+
+def merge_updates(updates: dict, state: list, averaged: set, metric_ids: set,
+                  sizes) -> dict:
     """One state update from the groups' updates (stacked on axis 0).
 
-    `updates` maps an index into `state` to the groups' new values. Metric
-    variables (`id` in `metric_ids`) add up the groups' increments (each
-    group counted once, as in one pass over the batch); batch statistics
-    take the groups' mean; integer state (seed generators) is the same in
-    every group.
+    `updates` maps an index into `state` to the groups' new values, and
+    `sizes` holds each group's number of examples. A group's change of a
+    float variable (or of a metric's variable, `id` in `metric_ids`) is an
+    increment, and increments add up across groups, as one pass over the
+    whole batch would add them: metrics, counters, running sums. Variables
+    whose `id` is in `averaged` (BatchNorm's moving statistics, averages of
+    a batch's statistics) take the groups' mean weighted by size instead.
+    Other integer state (seed generators) is the same in every group.
+    Empty groups change nothing.
     """
+    sizes = tf.cast(sizes, tf.float32)
     merged = {}
     for i, values in updates.items():
         variable = state[i]
-        if id(variable) in metric_ids:
-            old = tf.cast(variable.value, values.dtype)
-            merged[i] = old + tf.reduce_sum(values - old, axis=0)
-        elif values.dtype.is_floating:
-            merged[i] = tf.reduce_mean(values, axis=0)
-        else:
+        added = values.dtype.is_floating or id(variable) in metric_ids
+        if not added:
             merged[i] = values[0]
+            continue
+        old = tf.cast(variable.value, values.dtype)
+        if id(variable) in averaged:
+            share = tf.math.divide_no_nan(sizes, tf.reduce_sum(sizes))
+        else:
+            share = tf.cast(sizes > 0, tf.float32)
+        merged[i] = old + weighted_sum(share, values - old)
     return merged
 
 
@@ -333,4 +397,4 @@ def group_size(model, m: Optional[int], batch) -> Optional[int]:
                     "(as Baek et al. do), or m >= 2."
                 )
     n = batch_size(batch[0])
-    return None if isinstance(n, int) and n == m else m
+    return None if isinstance(n, int) and n <= m else m

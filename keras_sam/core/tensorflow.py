@@ -23,7 +23,6 @@ from keras_sam.core import per_example
 from keras_sam.core import policy
 from keras_sam.core import step
 from keras_sam.core import sync
-from keras_sam.core.sync import sync_statistics  # noqa: F401 (model.py)
 
 
 class StepResult(NamedTuple):
@@ -254,15 +253,14 @@ def _grouped(model, evaluate, batch, options, rho, normal, use_sam, m, state):
     """The step with one eps per group of `m` examples (m-sharpness)."""
     weights = [v.value for v in model.trainable_variables]
     names = [v.name for v in model.trainable_variables]
-    # A batch that is not a multiple of m (the last batch of an epoch, or
-    # an empty replica batch) is perturbed as one group, like m=None.
     n = groups.batch_size(batch[0])
 
     # Inside a group, gradients are dense: the groups' mean is dense, and
     # a mapped function's outputs must have one fixed shape.
     evaluate_group = make_evaluate(model, state, dense=True)
 
-    def one_group(group):
+    def one_group(named):
+        group = (named["x"], named.get("y"), named.get("sample_weight"))
         inputs = step.Inputs(normal, names)
         first = None
         if not options.second_order:
@@ -277,19 +275,42 @@ def _grouped(model, evaluate, batch, options, rho, normal, use_sam, m, state):
         return _dense(grads), first.y_pred, stats, first.updates
 
     def in_groups():
+        """Groups of m, and the examples left over as one smaller group;
+        each group weighs in by its share of the batch, as its examples
+        do in the batch's mean loss."""
         named = {"x": batch[0], "y": batch[1], "sample_weight": batch[2]}
         named = {k: v for k, v in named.items() if v is not None}
-        if not isinstance(n, int):
-            named = groups.whole_groups(named, n, m)
-        grads, y_pred, stats, updates = groups.map_groups(
-            lambda g: one_group((g["x"], g.get("y"), g.get("sample_weight"))),
-            groups.split_into_groups(named, m),
+        full, sizes, rest = groups.split_with_remainder(named, n, m)
+        parts = []  # ((grads, y_pred, stats, updates) stacked, sizes)
+        if full is not None:
+            outputs = groups.map_groups(one_group, full)
+            y_pred = groups.merge_groups(outputs[1])
+            if not isinstance(n, int):  # without the padding group
+                y_pred = tf.nest.map_structure(
+                    lambda t: t[: (n // m) * m], y_pred)
+            parts.append((outputs[:1] + (y_pred,) + outputs[2:], sizes))
+        if rest is not None:
+            size = groups.batch_size(rest["x"])
+            if isinstance(size, int):
+                outputs = one_group(rest)
+            else:
+                outputs = groups.if_not_empty(size, one_group, rest)
+            stacked = tf.nest.map_structure(lambda t: t[None], outputs)
+            parts.append((stacked[:1] + (outputs[1],) + stacked[2:],
+                          tf.reshape(size, [1])))
+        (grads, y_pred, stats, updates), sizes = _concatenated(parts)
+        share = tf.math.divide_no_nan(tf.cast(sizes, tf.float32),
+                                      tf.cast(n, tf.float32))
+        grads = [groups.weighted_sum(share, g) for g in grads]
+        stats = tuple(
+            groups.weighted_sum(share, tf.where(sizes > 0, v, 0.0))
+            for v in (tf.cast(v, tf.float32) for v in stats)
         )
-        grads = [tf.reduce_mean(g, axis=0) for g in grads]
-        stats = tuple(tf.reduce_mean(v) for v in stats)
         metric_ids = {id(v) for v in model.metrics_variables}
-        merged = groups.merge_updates(updates, state, metric_ids)
-        return grads, groups.merge_groups(y_pred), stats, merged
+        updates = groups.merge_updates(
+            updates, state, _averaged_statistics(model), metric_ids, sizes
+        )
+        return grads, y_pred, stats, updates
 
     def base():
         first = evaluate(weights, batch)
@@ -305,12 +326,32 @@ def _grouped(model, evaluate, batch, options, rho, normal, use_sam, m, state):
         # Dense/LayerNorm models: exact 1-SAM without per-example copies.
         sam = lambda: per_example.sam_branch(model, batch, options, rho, state)
     else:
-        sam = groups.if_divisible(n, m, in_groups, lambda: one_group(batch))
+        sam = in_groups
     grads, y_pred, (loss, loss2, norm), updates = _branch(
         model, options, use_sam, sam, base
     )
     stats = _stats_from(loss, loss2, norm, use_sam)
     return StepResult(grads, y_pred, loss, stats), updates
+
+
+def _concatenated(parts):
+    """The parts' stacked outputs (and sizes) as one stack of groups; the
+    predictions, already merged per part, joined along the batch."""
+    outputs = [p[0] for p in parts]
+    sizes = tf.concat([tf.cast(p[1], tf.int32) for p in parts], 0)
+    joined = tf.nest.map_structure(lambda *t: tf.concat(t, 0), *outputs)
+    return joined, sizes
+
+
+def _averaged_statistics(model) -> set:
+    """ids of BatchNormalization's moving statistics: their groups' update
+    is the size-weighted mean (each an average of its group's batch)."""
+    return {
+        id(v)
+        for layer in _keras.flatten_layers(model)
+        if isinstance(layer, keras.layers.BatchNormalization)
+        for v in (layer.moving_mean, layer.moving_variance)
+    }
 
 
 def _branch(model, options, use_sam, sam, base):
@@ -344,7 +385,7 @@ def _xla_on_cpu(model) -> bool:
 
 
 def summed_rows(grad):
-    """A row-sparse gradient with each row once, its duplicates summed.
+    """A row-sparse gradient with each row once (ascending), summed.
 
     `tape.gradient` gives a gather of a weight (an `Embedding`) as
     `tf.IndexedSlices` with one row per lookup: a token used k times is k
@@ -354,9 +395,15 @@ def summed_rows(grad):
     """
     if not isinstance(grad, tf.IndexedSlices):
         return grad
-    rows, positions = tf.unique(grad.indices)
+    # Rows in ascending order: Keras' sparse arithmetic assumes it (keras
+    # ops.add of two IndexedSlices with unsorted indices misplaces rows in
+    # `indexed_slices_union_indices_and_values`, Keras 3.15; no upstream
+    # issue found). A stable sort keeps each row's summation order.
+    order = tf.argsort(grad.indices, stable=True)
+    indices = tf.gather(grad.indices, order)
+    rows, positions = tf.unique(indices)
     values = tf.math.unsorted_segment_sum(
-        grad.values, positions, tf.shape(rows)[0]
+        tf.gather(grad.values, order), positions, tf.shape(rows)[0]
     )
     return tf.IndexedSlices(values, rows, grad.dense_shape)
 

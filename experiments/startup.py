@@ -1,0 +1,45 @@
+"""A quiet TensorFlow start-up for the command-line studies.
+
+Importing TensorFlow 2.21 and initialising its devices prints C++ log lines
+before its logging is set up, so `TF_CPP_MIN_LOG_LEVEL` cannot hide them
+(tensorflow/tensorflow#100442): oneDNN notices and, on a CPU machine,
+`E0000 ... failed call to cuInit`, which a newcomer reads as a failure.
+`quiet_tensorflow_startup` runs that start-up with the process's stderr
+(file descriptor 2) sent to /dev/null, then restores it: every warning and
+error after start-up, and any exception raised by the import itself, still
+shows.
+"""
+
+import contextlib
+import os
+import sys
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def quiet_tensorflow_startup():
+    """Imports TensorFlow and lists its devices without start-up lines;
+    does nothing once TensorFlow is imported (its lines are printed)."""
+    if "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with _stderr_silenced():
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+        except Exception:  # noqa: BLE001 - raised again, audibly, below
+            pass
+    import tensorflow  # noqa: F401 - a failed import fails here, loudly
