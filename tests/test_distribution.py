@@ -13,6 +13,7 @@ import tensorflow as tf
 import keras_sam
 from keras_sam import distribution
 from keras_sam.distribution import MultiWorkerFix
+from tests.helpers import mirrored
 
 
 class FixedModel(MultiWorkerFix, keras.Model):
@@ -121,7 +122,7 @@ def test_local_tf_configs():
 # ------------------------------------- saving inside a strategy's scope
 
 STRATEGIES = {
-    "mirrored": lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
+    "mirrored": lambda: mirrored(2),  # no collective ops (tests/helpers)
     "one_device": lambda: tf.distribute.OneDeviceStrategy("/cpu:0"),
 }
 

@@ -1,6 +1,7 @@
 """SAMModel's train step against independent hand computations."""
 
 import keras
+from keras import ops
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -560,3 +561,45 @@ def test_log_statistics_off_gives_keras_log_keys(tmp_path):
     assert keras.models.load_model(path).sam_options.log_statistics is False
     with pytest.raises(ValueError, match="log_statistics"):
         build(log_statistics="no")
+
+
+class RunningSum(keras.layers.Layer):
+    """Identity that keeps a running sum and count of what it sees in
+    training (state a layer updates in `call` with `assign_add`)."""
+
+    def build(self, input_shape):
+        self.total = self.add_weight(shape=(), initializer="zeros",
+                                     trainable=False, name="total")
+        self.count = self.add_weight(shape=(), initializer="zeros",
+                                     trainable=False, name="count")
+
+    def call(self, inputs, training=None):
+        if training:
+            self.total.assign_add(ops.sum(inputs))
+            self.count.assign_add(ops.cast(ops.shape(inputs)[0], "float32"))
+        return inputs
+
+
+@pytest.mark.parametrize("m", [4, 3])
+def test_state_increments_add_up_across_groups(m):
+    """With m groups (and a leftover group for m=3), a running sum and
+    count advance as one pass over the batch advances them."""
+    x, y = reference.tiny_data(n=16)
+    counted = []
+    for flavour in ("plain", "sam"):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((reference.INPUT_DIM,))
+        hidden = RunningSum()(inputs)
+        outputs = keras.layers.Dense(3)(hidden)
+        if flavour == "sam":
+            model = keras_sam.SAMModel(inputs, outputs, rho=0.1, m=m)
+        else:
+            model = keras.Model(inputs, outputs)
+        model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True))
+        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        layer = model.layers[1]
+        counted.append((float(layer.total.numpy()),
+                        float(layer.count.numpy())))
+    assert counted[0][1] == 32.0
+    np.testing.assert_allclose(counted[1], counted[0], rtol=1e-6)

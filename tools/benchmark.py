@@ -25,6 +25,7 @@ Usage (from the repository root):
     python tools/benchmark.py --model=cnn --rounds=5 --steps=5
     python tools/benchmark.py --model=resnet --nojit --output_csv=/tmp/b.csv
     python tools/benchmark.py --model=wide --nojit  # memory: 25 MB of weights
+    python tools/benchmark.py --model=embedding --nojit  # sparse gradients
     python tools/benchmark.py --model=cnn --methods=sgd,sam,sam_m4
     python tools/benchmark.py --strategy=mirrored --logical_cpus=2 --nojit
     python tools/benchmark.py --mixed_precision
@@ -81,7 +82,11 @@ METHODS = {
 }
 
 # Default global batch size of each model ("small batch" for the ResNet).
-BATCH_SIZES = {"mlp": 128, "cnn": 128, "resnet": 32, "wide": 32}
+BATCH_SIZES = {"mlp": 128, "cnn": 128, "resnet": 32, "wide": 32,
+               "embedding": 32}
+# The embedding model's vocabulary and tokens per example: a 51 MB table of
+# which a batch touches at most 32 x 64 rows (sparse gradients).
+VOCABULARY, TOKENS = 200_000, 64
 
 _MODEL = flags.DEFINE_enum("model", "mlp", sorted(BATCH_SIZES), "Model.")
 _BATCH_SIZE = flags.DEFINE_integer(
@@ -114,6 +119,13 @@ def build_model(name: str):
     keras.utils.set_random_seed(0)
     if name == "mlp":  # the demo model: digits, 64-128-128-10
         return models.mlp((64,), 10), (64,)
+    if name == "embedding":  # row-sparse gradients of a large table
+        return keras.Sequential([
+            keras.Input((TOKENS,), dtype="int32"),
+            keras.layers.Embedding(VOCABULARY, 64),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(10),
+        ]), (TOKENS,)
     if name == "wide":  # weights (25 MB) dwarf activations: the memory model
         return keras.Sequential([
             keras.Input((1024,)),
@@ -180,7 +192,11 @@ class Runner:
             for v in model.trainable_variables
         )
         rng = np.random.default_rng(0)
-        x = rng.normal(size=(batch_size, *shape)).astype("float32")
+        if model_name == "embedding":  # Zipf-like tokens: many repeats
+            x = np.minimum(rng.zipf(1.3, size=(batch_size, *shape)),
+                           VOCABULARY - 1).astype("int32")
+        else:
+            x = rng.normal(size=(batch_size, *shape)).astype("float32")
         y = rng.integers(0, 10, size=batch_size)
         dataset = tf.data.Dataset.from_tensors((x, y)).repeat()
         self.model = model

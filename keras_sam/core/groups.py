@@ -304,7 +304,8 @@ def split_with_remainder(structure, n, m: int):
     `groups` and `sizes` are None when there is no whole group at trace
     time (n static), `rest` when nothing is left over. With a dynamic n
     there is at least one group, padded with zeros and of size 0 when n <
-    m: mapping over no group fails, even where only XLA compiles it.
+    m (mapping over no group fails, even where only XLA compiles it), and
+    `rest` may hold no example.
 
     >>> full, sizes, rest = split_with_remainder(tf.zeros([7, 3]), 7, m=3)
     >>> full.shape, sizes.numpy().tolist(), rest.shape
@@ -330,22 +331,15 @@ def split_with_remainder(structure, n, m: int):
     return full, sizes, tail
 
 
-def if_not_empty(size, fn: Callable, group):
-    """`fn(group)`, or zeros shaped like its outputs when `size` (the
-    length of `group`'s leading axis, a tensor) is 0, by a `tf.cond`."""
-    spec = _trace(fn, tf.nest.map_structure(lambda t: t[None], group))
-    zeros = lambda: tf.nest.map_structure(  # noqa: E731
-        lambda s: tf.zeros([d or 0 for d in s.shape], s.dtype),
-        spec.structured_outputs,
-    )
-    return tf.cond(size > 0, lambda: fn(group), zeros)
-
-
 def weighted_sum(weights, stacked):
-    """sum_g weights[g] * stacked[g], for tensors stacked on axis 0."""
+    """sum_g weights[g] * stacked[g], for tensors stacked on axis 0; a
+    weight of 0 drops its entry, even where the entry is not finite (the
+    pass over an empty group)."""
     weights = tf.cast(weights, stacked.dtype)
     ones = [1] * (stacked.shape.rank - 1)
-    return tf.reduce_sum(tf.reshape(weights, [-1] + ones) * stacked, axis=0)
+    weights = tf.reshape(weights, [-1] + ones)
+    terms = tf.where(weights > 0, weights * stacked, tf.zeros_like(stacked))
+    return tf.reduce_sum(terms, axis=0)
 
 
 def merge_updates(updates: dict, state: list, averaged: set, metric_ids: set,

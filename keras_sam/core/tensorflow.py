@@ -272,7 +272,7 @@ def _grouped(model, evaluate, batch, options, rho, normal, use_sam, m, state):
             model, grads if first.grads is None else first.ascent_grads
         )
         stats = (first.loss, loss2, norm)
-        return _dense(grads), first.y_pred, stats, first.updates
+        return _Groups(_dense(grads), first.y_pred, stats, first.updates)
 
     def in_groups():
         """Groups of m, and the examples left over as one smaller group;
@@ -281,30 +281,26 @@ def _grouped(model, evaluate, batch, options, rho, normal, use_sam, m, state):
         named = {"x": batch[0], "y": batch[1], "sample_weight": batch[2]}
         named = {k: v for k, v in named.items() if v is not None}
         full, sizes, rest = groups.split_with_remainder(named, n, m)
-        parts = []  # ((grads, y_pred, stats, updates) stacked, sizes)
+        parts = []  # (a _Groups of stacked results, the groups' sizes)
         if full is not None:
-            outputs = groups.map_groups(one_group, full)
-            y_pred = groups.merge_groups(outputs[1])
+            out = groups.map_groups(one_group, full)
+            y_pred = groups.merge_groups(out.y_pred)
             if not isinstance(n, int):  # without the padding group
                 y_pred = tf.nest.map_structure(
                     lambda t: t[: (n // m) * m], y_pred)
-            parts.append((outputs[:1] + (y_pred,) + outputs[2:], sizes))
-        if rest is not None:
-            size = groups.batch_size(rest["x"])
-            if isinstance(size, int):
-                outputs = one_group(rest)
-            else:
-                outputs = groups.if_not_empty(size, one_group, rest)
-            stacked = tf.nest.map_structure(lambda t: t[None], outputs)
-            parts.append((stacked[:1] + (outputs[1],) + stacked[2:],
-                          tf.reshape(size, [1])))
+            parts.append((out._replace(y_pred=y_pred), sizes))
+        if rest is not None:  # with a dynamic n, possibly empty: its
+            # size of 0 then drops it from every sum below
+            out = one_group(rest)
+            stacked = tf.nest.map_structure(lambda t: t[None], out)
+            size = tf.reshape(groups.batch_size(rest["x"]), [1])
+            parts.append((stacked._replace(y_pred=out.y_pred), size))
         (grads, y_pred, stats, updates), sizes = _concatenated(parts)
         share = tf.math.divide_no_nan(tf.cast(sizes, tf.float32),
                                       tf.cast(n, tf.float32))
         grads = [groups.weighted_sum(share, g) for g in grads]
         stats = tuple(
-            groups.weighted_sum(share, tf.where(sizes > 0, v, 0.0))
-            for v in (tf.cast(v, tf.float32) for v in stats)
+            groups.weighted_sum(share, tf.cast(v, tf.float32)) for v in stats
         )
         metric_ids = {id(v) for v in model.metrics_variables}
         updates = groups.merge_updates(
@@ -334,9 +330,18 @@ def _grouped(model, evaluate, batch, options, rho, normal, use_sam, m, state):
     return StepResult(grads, y_pred, loss, stats), updates
 
 
+class _Groups(NamedTuple):
+    """One group's results, or several groups' stacked on axis 0 (their
+    predictions joined along the batch)."""
+
+    grads: list
+    y_pred: object
+    stats: tuple  # loss, loss at w + eps, ||g||
+    updates: dict  # index into the state -> value
+
+
 def _concatenated(parts):
-    """The parts' stacked outputs (and sizes) as one stack of groups; the
-    predictions, already merged per part, joined along the batch."""
+    """The parts' results (and sizes) as one stack of groups."""
     outputs = [p[0] for p in parts]
     sizes = tf.concat([tf.cast(p[1], tf.int32) for p in parts], 0)
     joined = tf.nest.map_structure(lambda *t: tf.concat(t, 0), *outputs)
