@@ -28,7 +28,7 @@ from keras_sam import schedules
 from keras_sam.callbacks import NoiseMonitor
 from keras_sam.distribution import enable_multi_worker_fit
 from keras_sam.callbacks import RhoScheduler
-from keras_sam.options import SAMOptions
+from keras_sam.core.options import SAMOptions
 from keras_sam.regularization import regularized_sgd_model
 
 
@@ -170,7 +170,7 @@ def sam_supports(options: dict) -> Optional[str]:
     """None if `SAMModel` takes all `options`, else the reason it does not.
 
     The options are `SAMModel.__init__`'s named arguments, or the fields of
-    `keras_sam.options.SAMOptions` where the constructor takes `**kwargs`.
+    `keras_sam.core.options.SAMOptions` where the constructor takes `**kwargs`.
     """
     parameters = inspect.signature(keras_sam.SAMModel.__init__).parameters
     known = set(parameters) | {f.name for f in dataclasses.fields(SAMOptions)}

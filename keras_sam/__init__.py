@@ -2,10 +2,13 @@
 
 The folder tree is the design, one layer per folder:
 
-- core step: `model.py` (`SAMModel`, the Keras integration) + `core/` (the
-  SAM step as functions in `keras.ops`, m-groups in `core/groups.py`;
-  `core/tensorflow.py` the one backend module), with `options.py` and
-  `perturbation.py` (eq. 2);
+- the model: `model.py` (`SAMModel`, the Keras integration: construction,
+  rho, config, `from_model`), `model_classes.py`, `sam_state.py`;
+- the step, backend-neutral: `core/` (options, the perturbation pipeline
+  of eq. 2, the algorithm over passes, the cheap-SAM policies), in
+  `keras.ops`;
+- each backend's half of the step: `backend/tensorflow/` (the pass without
+  side effects, m-groups, exact 1-SAM, replica statistics);
 - training aids: `schedules.py` (rho schedules) and `callbacks/`;
 - label noise and bootstrapping: `noise/`;
 - tuning rho with KerasTuner: `tuning/` (the `tuning` extra);
@@ -14,18 +17,14 @@ The folder tree is the design, one layer per folder:
 - distribution: `distribution.py` (tf.distribute, multi-worker);
 - `_keras.py`: the one place for private Keras API.
 `regularization.py` is Baek et al.'s regularised-SGD baseline, `datasets.py`
-the docs' example data. `hessian`, `sharpness`, `landscape`,
-`landscape_plots`, `bootstrap`, `tuner`, `hypermodel` and `sharding` are old
-import paths that re-export from the subpackages.
+the docs' example data.
 """
 
 # First: says which TensorFlow to install when none is (see _optional).
 from keras_sam import _optional  # noqa: F401
-from keras_sam import bootstrap
 from keras_sam import callbacks
 from keras_sam import datasets
 from keras_sam import diagnostics
-from keras_sam import landscape
 from keras_sam import noise
 from keras_sam import regularization
 from keras_sam import schedules
@@ -55,7 +54,6 @@ __all__ = [
     "SAMModel",
     "SharpnessLogger",
     "bayesian_search",
-    "bootstrap",
     "callbacks",
     "datasets",
     "diagnostics",
@@ -63,7 +61,6 @@ __all__ = [
     "hessian_vector_product",
     "hutchinson_trace",
     "interpolate",
-    "landscape",
     "m_sharpness",
     "noise",
     "random_slice_1d",

@@ -5,8 +5,10 @@ range, Keras 3.14-3.15 (CI runs the oldest and the pinned one); the oldest
 Keras each item exists in is noted. When Keras grows a public route, change
 it here only.
 
-Three private *methods* are overridden, which only a subclass can do; they
-stay in their classes, listed here so that this file is the full inventory:
+Private *methods* that only a subclass can override stay in their
+classes; `PRIVATE_OVERRIDES` lists them so that this file is the full
+inventory (tests/test_private_api.py walks the package and fails on any
+private Keras or TensorFlow use elsewhere):
 - `TensorFlowTrainer._maybe_symbolic_build` and `_make_function`
   (`distribution.MultiWorkerFix`): the multi-worker `fit` bugs
   keras-team/keras#20585 and tensorflow/tensorflow#72388, and the settings
@@ -17,8 +19,8 @@ stay in their classes, listed here so that this file is the full inventory:
 - `Function._run_through_graph` (`ClonedSettings` below): `clone_model`;
 - `TensorFlowTrainer._maybe_symbolic_build` (`SAMModel`): builds a lazily
   built model before its first step (`symbolic_build` below).
-TensorFlow's `strategy.extended._in_multi_worker_mode()` is read here too
-(`in_multi_worker_mode`).
+TensorFlow's private distribution state is read here too
+(`in_multi_worker_mode`, `uses_collective_ops`).
 """
 
 import contextlib
@@ -33,6 +35,14 @@ from keras.src.saving import object_registration as _registration
 # `keras.Model(inputs, outputs)` returns a `Functional`; keras exports no
 # name for the class, and a functional SAMModel must derive from it (as
 # `keras.Sequential` does) so that Keras saves and clones it as a graph.
+
+PRIVATE_OVERRIDES = {
+    "_maybe_symbolic_build": ("MultiWorkerFix", "SAMModel"),
+    "_make_function": ("MultiWorkerFix",),
+    "_save_model": ("ExactBackupAndRestore",),
+    "_load_model": ("ExactBackupAndRestore",),
+    "_run_through_graph": ("ClonedSettings",),
+}
 
 
 def call_has_training_arg(model) -> bool:
@@ -202,12 +212,17 @@ def print_msg(message):
     io_utils.print_msg(message)
 
 
-def trainer_source_module():
-    """Keras' TensorFlow trainer module, whose source `distribution`
-    inspects to tell whether two upstream bugs are still there."""
+def multi_worker_bug_sites():
+    """The two functions of Keras' TensorFlow trainer whose source
+    `distribution.keras_bugs` reads to tell whether keras-team/keras#20585
+    and tensorflow/tensorflow#72388 are still there (None where gone)."""
     from keras.src.backend.tensorflow import trainer
 
-    return trainer
+    return {
+        "build": getattr(trainer.TensorFlowTrainer, "_maybe_symbolic_build",
+                         None),
+        "scalar_logs": getattr(trainer, "reduce_per_replica", None),
+    }
 
 
 # `keras.models.clone_model` rebuilds a functional model as
@@ -267,7 +282,7 @@ def symbolic_build(model, iterator=None, data_batch=None):
     a model whose input shape is known only from data (`model.build` needs
     the shape; a forward call would update its state). Keras 3.0+.
     """
-    if getattr(model, "_distribute_strategy", None) is not None:
+    if distribute_strategy(model) is not None:
         return
     if all(layer.built for layer in flatten_layers(model)):
         return
@@ -288,3 +303,54 @@ def _element_spec(iterator):
     if adapter is None:
         return None
     return adapter.get_tf_dataset().element_spec
+
+
+def distribute_strategy(model):
+    """The strategy a model was created under, or None without one
+    (`Trainer._distribute_strategy`; the public `model.distribute_strategy`
+    falls back to the default strategy, which hides the difference)."""
+    return getattr(model, "_distribute_strategy", None)
+
+
+def uses_collective_ops(strategy) -> bool:
+    """Whether a MirroredStrategy all-reduces with collective ops (its
+    `cross_device_ops`, which `tf.distribute` keeps private)."""
+    from tensorflow.python.distribute import cross_device_ops
+
+    ops = getattr(strategy.extended, "_cross_device_ops", None)
+    return isinstance(ops, cross_device_ops.CollectiveAllReduce)
+
+
+def optimizer_momentums(optimizer) -> list:
+    """The first-moment slots of an Adam-like Keras optimizer
+    (`_momentums`, private in Adam, AdamW, Nadam, ...); SGD's are public
+    (`momentums`)."""
+    if isinstance(optimizer, keras.optimizers.SGD):
+        return list(getattr(optimizer, "momentums", None) or [])
+    return list(getattr(optimizer, "_momentums", None) or [])
+
+
+def overrides_loss_computation(model) -> bool:
+    """Whether a model's class overrides `compute_loss` or the private
+    `Trainer._compute_loss` that Keras' trainers call."""
+    return any(
+        getattr(type(model), name) is not getattr(keras.Model, name)
+        for name in ("compute_loss", "_compute_loss")
+    )
+
+
+def backup_metadata_path(callback) -> str:
+    """Where `BackupAndRestore` writes its epoch/batch record
+    (`_training_metadata_path`; no public accessor)."""
+    return callback._training_metadata_path
+
+
+def unpickle_model(buffer):
+    """A model from the `.keras` bytes Keras pickles it as.
+
+    Keras pickles a model as `(cls._unpickle_model, (buffer,))`, a
+    classmethod that pickle finds by its class's name; SAM's generated
+    classes share their base's name, so SAM models pickle through this
+    module-level function, which loads the same way.
+    """
+    return keras.Model._unpickle_model(buffer)

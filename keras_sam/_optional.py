@@ -6,7 +6,7 @@ missing package into an `ImportError` that names the pip extra to install:
 
 - `tuning`: keras-tuner and tensorboard (`SAMHyperModel`, `grid_search`,
   `bayesian_search`);
-- `plots`: matplotlib (`keras_sam.landscape_plots`);
+- `plots`: matplotlib (`keras_sam.diagnostics.plots`);
 - `data`: scikit-learn (`keras_sam.datasets.load_digits`);
 - `experiments`: the above plus tensorflow-datasets and absl-py (the
   `experiments/` studies and `tools/`, which are not part of the wheel).
@@ -38,7 +38,7 @@ def require(module: str, extra: str, feature: str = "") -> ModuleType:
         extra: String, the keras_sam extra that declares the package, e.g.
             "plots".
         feature: Optional string, what needs the module (e.g.
-            "keras_sam.landscape_plots"); it is named in the error.
+            "keras_sam.diagnostics.plots"); it is named in the error.
 
     Returns:
         The imported module.

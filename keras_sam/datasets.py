@@ -2,15 +2,13 @@
 
 `load_digits` gives scikit-learn's 1,797 real 8x8 handwritten digits (they
 ship inside scikit-learn, so nothing is downloaded), split into a stratified
-train and test set (the `data` extra). `Split` and `clean_validation_split`
-live in `keras_sam.noise.data`; they are re-exported here for old imports.
+train and test set (the `data` extra), each a `keras_sam.noise.data.Split`.
 """
 
 from typing import NamedTuple
 
 from keras_sam import _optional
 from keras_sam.noise.data import Split
-from keras_sam.noise.data import clean_validation_split  # noqa: F401
 
 
 class Digits(NamedTuple):

@@ -71,7 +71,7 @@ def keras_bugs():
         "scalar_logs" (tensorflow/tensorflow#72388: scalar logs are
         reduced over axis 0). A source that cannot be read counts as True.
     """
-    trainer = _keras.trainer_source_module()
+    sites = _keras.multi_worker_bug_sites()
 
     def still_has(function, text):
         try:
@@ -80,13 +80,9 @@ def keras_bugs():
             return True
 
     return {
-        "build": still_has(
-            getattr(trainer.TensorFlowTrainer, "_maybe_symbolic_build", None),
-            "distribute_strategy.reduce(",
-        ),
+        "build": still_has(sites["build"], "distribute_strategy.reduce("),
         "scalar_logs": still_has(
-            getattr(trainer, "reduce_per_replica", None),
-            'strategy.reduce("MEAN", v, axis=0)',
+            sites["scalar_logs"], 'strategy.reduce("MEAN", v, axis=0)'
         ),
     }
 
@@ -105,14 +101,11 @@ def uses_collective_all_reduce(strategy) -> bool:
     `ReductionToOneDevice`, `HierarchicalCopyAllReduce` and `NcclAllReduce`
     given as `cross_device_ops` are not collective.
     """
-    from tensorflow.python.distribute import cross_device_ops
-
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return True
     if not isinstance(strategy, tf.distribute.MirroredStrategy):
         return False
-    ops = getattr(strategy.extended, "_cross_device_ops", None)
-    return isinstance(ops, cross_device_ops.CollectiveAllReduce)
+    return _keras.uses_collective_ops(strategy)
 
 
 def _workers_are_cpus(strategy) -> bool:
@@ -194,7 +187,7 @@ class MultiWorkerFix:
     """
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        strategy = getattr(self, "_distribute_strategy", None)
+        strategy = _keras.distribute_strategy(self)
         if (
             iterator is None
             or not is_multi_worker(strategy)

@@ -23,17 +23,17 @@ import warnings
 import keras
 
 from keras_sam import _keras
-from keras_sam.core import tensorflow as backend_step
+from keras_sam import model_classes
+from keras_sam.backend.tensorflow import step as backend_step
+from keras_sam.core.options import SAMOptions
+from keras_sam.core.options import check_rho
 from keras_sam.core.policy import StepState
 from keras_sam.distribution import MultiWorkerFix
-from keras_sam import model_classes
 from keras_sam.model_classes import bases_kept
 from keras_sam.model_classes import check_functional_kwargs
 from keras_sam.model_classes import functional_variant
 from keras_sam.model_classes import is_functional_call
 from keras_sam.model_classes import resolve_class
-from keras_sam.options import SAMOptions
-from keras_sam.options import check_rho  # noqa: F401 (keras_sam.model.check_rho)
 from keras_sam.sam_state import SAMGradients
 from keras_sam.sam_state import SAMState
 from keras_sam.sam_state import warn_if_sam_unused
@@ -58,7 +58,7 @@ class SAMModel(MultiWorkerFix, _keras.ClonedSettings, keras.Model):
             current value is saved in the config. 0 is exactly the base
             optimizer, at the cost of one pass. Defaults to 0.05.
         **options: The variant of the step (`m`, `p`, `perturbation`,
-            `adaptive`, ...), see `keras_sam.options.SAMOptions`; the
+            `adaptive`, ...), see `keras_sam.core.options.SAMOptions`; the
             defaults are Algorithm 1. `m` splits each replica's batch into
             groups of `m` examples with one eps each (`m=1` is 1-SAM); a
             batch that is not a multiple of `m` is perturbed as one group.
@@ -305,9 +305,9 @@ class SAMModel(MultiWorkerFix, _keras.ClonedSettings, keras.Model):
         # Keras pickles a model as its `.keras` bytes and a classmethod of
         # its class, which pickle finds by name; the classes SAM generates
         # (functional variants, SAM subclasses of a model class) share
-        # their base's name. SAMModel's classmethod loads any of them.
+        # their base's name (see `_keras.unpickle_model`).
         _, arguments = super().__reduce__()
-        return SAMModel._unpickle_model, arguments
+        return _keras.unpickle_model, arguments
 
     def get_config(self):
         config = super().get_config()

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import keras
 
-from keras_sam.core.sync import sync_statistics
+from keras_sam.backend.tensorflow.sync import sync_statistics
 
 
 class SAMGradients(NamedTuple):

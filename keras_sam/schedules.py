@@ -20,20 +20,21 @@ from typing import Optional, Sequence
 
 import keras
 
-from keras_sam.model import check_rho
+from keras_sam.core.options import check_rho
 
 _PACKAGE = "keras_sam"
 
 
 def _check_rho(name: str, value) -> float:
-    """`keras_sam.model.check_rho`, its error naming the argument `name`."""
+    """`keras_sam.core.options.check_rho`, its error naming the argument `name`."""
     try:
         return check_rho(value)
     except ValueError as error:
         raise ValueError(f"`{name}`: {error}") from None
 
 
-def _check_total(total) -> Optional[int]:
+def check_total(total) -> Optional[int]:
+    """Validates a schedule's number of steps or epochs (None: unknown)."""
     if total is None:
         return None
     try:
@@ -146,7 +147,7 @@ class _Piecewise(RhoSchedule):
         factor: float = 0.1,
     ):
         self.initial_rho = _check_rho("initial_rho", initial_rho)
-        self.total = _check_total(total)
+        self.total = check_total(total)
         self.factor = _check_positive(
             "factor", factor, "the multiplier applied at each boundary"
         )
@@ -294,7 +295,7 @@ class CosineDecay(RhoSchedule):
         self, initial_rho: float, total: Optional[int] = None, alpha=0.0
     ):
         self.initial_rho = _check_rho("initial_rho", initial_rho)
-        self.total = _check_total(total)
+        self.total = check_total(total)
         try:
             self.alpha = float(alpha)
         except (TypeError, ValueError):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_sam import perturbation
+from keras_sam.core import perturbation
 from tests import reference
 from tests.helpers import LEARNING_RATE
 from tests.helpers import assert_weights_close

@@ -83,12 +83,12 @@ def test_import_works_without_optional_packages_and_names_the_extra():
         import keras_sam
         assert keras_sam.SAMModel
         try:
-            import keras_sam.landscape_plots
+            import keras_sam.diagnostics.plots
         except ImportError as error:
             assert 'keras_sam[plots]' in str(error), error
             assert 'matplotlib' in str(error), error
         else:
-            raise AssertionError("landscape_plots imported without matplotlib")
+            raise AssertionError("diagnostics.plots imported without matplotlib")
         try:
             keras_sam.datasets.load_digits()
         except ImportError as error:

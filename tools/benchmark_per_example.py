@@ -35,9 +35,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_sam.core import per_example
-from keras_sam.core import tensorflow as backend
-from keras_sam.options import SAMOptions
+from keras_sam.backend.tensorflow import per_example
+from keras_sam.backend.tensorflow import step as backend
+from keras_sam.core.options import SAMOptions
 
 # Run as `python tools/<tool>.py`: `experiments` is in the repository root.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

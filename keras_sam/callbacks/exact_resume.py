@@ -108,10 +108,10 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
                     )
                 for i, variable in enumerate(variables):
                     variable.assign(saved[f"state_{i}"])
-        if self.save_freq == "epoch" or not os.path.exists(
-                self._training_metadata_path):
+        metadata_path = _keras.backup_metadata_path(self)
+        if self.save_freq == "epoch" or not os.path.exists(metadata_path):
             return
-        with open(self._training_metadata_path) as f:
+        with open(metadata_path) as f:
             metadata = json.load(f)
         # A mid-epoch backup of epoch e after batch b: b + 1 batches of
         # epoch e are in the weights; Keras would replay them.

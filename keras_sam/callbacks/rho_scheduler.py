@@ -6,7 +6,7 @@ import numpy as np
 
 from keras_sam import _keras
 from keras_sam import schedules as schedules_module
-from keras_sam.model import check_rho
+from keras_sam.core.options import check_rho
 
 
 def rho_variable(model, caller: str):
@@ -23,7 +23,7 @@ def rho_variable(model, caller: str):
 
 
 def check_scheduled_rho(value, t, unit: str) -> float:
-    """The schedule's output as a float (`keras_sam.model.check_rho`)."""
+    """The schedule's output as a float (`keras_sam.core.options.check_rho`)."""
     try:
         return check_rho(np.asarray(keras.ops.convert_to_numpy(value)).item())
     except (TypeError, ValueError) as error:
@@ -106,7 +106,7 @@ class RhoScheduler(keras.callbacks.Callback):
                 f'`per` must be "epoch" or "step". Received: per={per!r}'
             )
         self.schedule = schedule
-        self.total = schedules_module._check_total(total)
+        self.total = schedules_module.check_total(total)
         self.per = per
         self.verbose = verbose
         self._active = schedule

@@ -1,14 +1,15 @@
-"""SAM's step as functions of a pass, the weights, a batch, options and rho.
+"""SAM's step, backend-neutral: `keras.ops` only, no backend imported.
 
-- `step.py`: the algorithm (ascent, perturbation pipeline, descent), written
-  in `keras.ops` (with `keras_sam/perturbation.py`) against an
-  `evaluate(weights, batch)` function that returns a `Pass`: it runs on
-  TensorFlow, JAX and PyTorch (tests/core/test_backends.py).
-- `tensorflow.py`: what is backend-specific: one pass of a Keras model
-  without side effects (`keras.StatelessScope` + `tf.GradientTape`), the
-  map over m-groups, the conditional SAM step and the replica's random
-  draws. `policy.py` (cheap SAM's per-step state), `per_example.py` and
-  `rank_one.py` (fast 1-SAM) and `sync.py` (moving statistics across
-  replicas) are its TensorFlow helpers; a JAX or PyTorch `SAMModel` needs
-  a module like `tensorflow.py` and these four.
+- `options.py`: the settings of the step (`SAMOptions`), validated once;
+- `perturbation.py`: eq. 2's dual vector, norms, projection, ASAM's scale
+  and Sparse SAM's mask;
+- `step.py`: the algorithm over passes (first pass, perturbation pipeline,
+  descent; L-SAM/J-SAM; LookSAM's direction), against an
+  `evaluate(weights, batch)` function that returns a `Pass`;
+- `policy.py`: when a step runs SAM (the cheap-SAM family) and the state
+  those policies keep, with the backend's conditional passed in.
+
+Each backend's half (the pass itself, groups, the conditional step,
+committing state) is in `keras_sam/backend/`; `tests/core/test_backends.py`
+runs this half on TensorFlow, JAX and PyTorch.
 """

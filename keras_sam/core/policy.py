@@ -22,8 +22,9 @@ checkpoints) and synchronised on read, so each replica of a
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
+from keras_sam import _keras
 from keras_sam.core import step
 
 
@@ -100,10 +101,8 @@ def momentum_slots(model):
         with model.distribute_strategy.scope():
             optimizer.build(model.trainable_variables)
     inner = getattr(optimizer, "inner_optimizer", optimizer)
-    if isinstance(inner, keras.optimizers.SGD):
-        slots, sign = list(getattr(inner, "momentums", None) or []), -1.0
-    else:
-        slots, sign = list(getattr(inner, "_momentums", None) or []), 1.0
+    slots = _keras.optimizer_momentums(inner)
+    sign = -1.0 if isinstance(inner, keras.optimizers.SGD) else 1.0
     shapes = [tuple(v.shape) for v in model.trainable_variables]
     if not slots or [tuple(s.shape) for s in slots] != shapes:
         raise ValueError(
@@ -125,7 +124,7 @@ def _momentum_config(optimizer) -> str:
 def momentum_direction(state) -> list:
     """Momentum-SAM's v (gradient-like) from the optimizer's slots."""
     slots, sign = state.momentum
-    return [sign * tf.cast(s.value, tf.float32) for s in slots]
+    return [sign * ops.cast(s.value, "float32") for s in slots]
 
 
 def start_step(options) -> int:
@@ -145,15 +144,19 @@ def use_sam(options, rho, iterations, state=None, grad_norm=None):
         state: The `StepState` (AE-SAM's statistics).
         grad_norm: ||g|| of the unscaled local gradient at w (AE-SAM only).
     """
-    decision = tf.cast(rho, tf.float32) > 0
+    iterations = ops.convert_to_tensor(iterations)
+    decision = ops.cast(rho, "float32") > 0
     if options.sam_every > 1:
-        every = tf.cast(options.sam_every, iterations.dtype)
-        decision &= tf.equal(iterations % every, 0)
+        decision = ops.logical_and(
+            decision, ops.equal(iterations % options.sam_every, 0)
+        )
     start = start_step(options)
     if start > 0:
-        decision &= iterations >= tf.cast(start, iterations.dtype)
+        decision = ops.logical_and(decision, iterations >= start)
     if options.trigger == "adaptive":
-        decision &= ae_sam_trigger(options, state, grad_norm, iterations)
+        decision = ops.logical_and(
+            decision, ae_sam_trigger(options, state, grad_norm, iterations)
+        )
     return decision
 
 
@@ -175,26 +178,28 @@ def ae_sam_trigger(options, state, grad_norm, iterations):
     """
     mean_var, variance_var = state.trigger_stats
     delta = options.trigger_decay
-    x = tf.square(tf.cast(grad_norm, tf.float32))
+    x = ops.square(ops.cast(grad_norm, "float32"))
     mean = delta * mean_var.value + (1 - delta) * x
-    variance = delta * variance_var.value + (1 - delta) * tf.square(x - mean)
+    variance = delta * variance_var.value + (1 - delta) * ops.square(x - mean)
     mean_var.assign(mean)
     variance_var.assign(variance)
-    c = tf.constant(options.trigger_c, tf.float32)
+    c = ops.convert_to_tensor(options.trigger_c, "float32")
     if options.trigger_c_end is not None:
-        progress = tf.minimum(
-            tf.cast(iterations, tf.float32) / options.total_steps, 1.0
+        progress = ops.minimum(
+            ops.cast(iterations, "float32") / options.total_steps, 1.0
         )
-        c += (options.trigger_c_end - options.trigger_c) * progress
-    return x >= mean + c * tf.sqrt(variance)
+        c = c + (options.trigger_c_end - options.trigger_c) * progress
+    return x >= mean + c * ops.sqrt(variance)
 
 
-def kept_mask(options, state, grads, weights, normal, iterations):
+def kept_mask(options, state, grads, weights, normal, iterations, cond):
     """The Sparse SAM mask kept in `state`, recomputed every
-    `mask_update_every` steps; None when it is not kept."""
+    `mask_update_every` steps; None when it is not kept.
+
+    `cond(predicate, true_fn, false_fn)` is the backend's conditional.
+    """
     if state is None or state.mask is None:
         return None
-    every = tf.cast(options.mask_update_every, iterations.dtype)
 
     def fresh():
         mask = step.compute_mask(grads, weights, options, normal)
@@ -205,8 +210,10 @@ def kept_mask(options, state, grads, weights, normal, iterations):
     def kept():
         return [v.value for v in state.mask]
 
-    mask = tf.cond(tf.equal(iterations % every, 0), fresh, kept)
-    return [tf.stop_gradient(m) for m in mask]
+    due = ops.equal(
+        ops.convert_to_tensor(iterations) % options.mask_update_every, 0
+    )
+    return [ops.stop_gradient(m) for m in cond(due, fresh, kept)]
 
 
 def store_looksam_direction(state, grads, sam_grads):
@@ -224,6 +231,8 @@ def off_step_gradient(options, state, grads, rho):
     g, or LookSAM's g + alpha ||g||/||g_v|| g_v while rho > 0."""
     if state is None or state.direction is None:
         return grads
-    alpha = tf.where(tf.cast(rho, tf.float32) > 0, options.looksam_alpha, 0.0)
+    alpha = ops.where(
+        ops.cast(rho, "float32") > 0, options.looksam_alpha, 0.0
+    )
     direction = [v.value for v in state.direction]
     return step.looksam_gradient(grads, direction, alpha)

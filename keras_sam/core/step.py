@@ -6,7 +6,7 @@
     g_sam  = second.grads                       # or L-SAM / J-SAM's product
 
 `evaluate(weights, batch)` returns a `Pass`; it comes from the backend
-module (`keras_sam.core.tensorflow`) and has no side effects, so `w` is
+module (`keras_sam.backend.tensorflow.step`) and has no side effects, so `w` is
 never assigned `w + eps` and nothing needs restoring. The functions here
 only combine passes: they are the algorithm and its variants, as options
 of one pipeline (`perturb`): a direction (the gradient, a random draw or
@@ -18,7 +18,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from keras import ops
 
-from keras_sam import perturbation as pert
+from keras_sam.core import perturbation as pert
 
 
 class Pass(NamedTuple):

@@ -7,7 +7,7 @@ Li et al. 2018; Keskar et al. 2017 compare sharp and flat minima this way):
   of the same architecture (a = 0 is the first model, a = 1 the second).
 - `random_slice_1d`: L(w + a d) along one random direction d.
 - `random_slice_2d`: L(w + a d1 + b d2) on a grid, for contour and surface
-  plots (see `landscape_plots`).
+  plots (see `keras_sam.diagnostics.plots`).
 
 Random directions are filter-normalised (Li et al. section 4): each filter of
 d (the weights feeding one output unit: `d[..., j]` of a Dense or Conv

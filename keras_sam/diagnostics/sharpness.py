@@ -27,10 +27,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_sam import perturbation
-from keras_sam.core import groups
+from keras_sam.core import perturbation
+from keras_sam.core.options import check_m
 from keras_sam.diagnostics import stateless_loss
-from keras_sam.model import check_rho
+from keras_sam.core.options import check_rho
 
 
 class SharpnessEstimate(NamedTuple):
@@ -42,7 +42,7 @@ class SharpnessEstimate(NamedTuple):
 
 
 def _check_arguments(m, rho, steps, p, step_size):
-    groups.check_m(m)
+    check_m(m)
     if check_rho(rho) == 0:
         raise ValueError(
             "`rho` must be > 0 to measure sharpness (rho=0 gives 0). "

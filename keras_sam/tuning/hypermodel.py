@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, Sequence
 import keras
 
 from keras_sam import model as model_module
-from keras_sam.core import groups
+from keras_sam.core.options import check_m
 from keras_sam.tuning import space
 from keras_sam.tuning import trials
 from keras_sam.tuning.space import PAPER_GRID
@@ -212,7 +212,7 @@ class SAMHyperModel:
                 "`m` must be a non-empty sequence of integers >= 1, or None "
                 f"not to tune m. Received: m={m_values!r}"
             )
-        return tuple(groups.check_m(v) for v in values)
+        return tuple(check_m(v) for v in values)
 
     @staticmethod
     def _check_schedules(rho_schedule) -> dict:
@@ -293,7 +293,7 @@ class SAMHyperModel:
         if self.p is not None:
             options["p"] = self.p
         if "m" in values:
-            options["m"] = groups.check_m(values["m"])
+            options["m"] = check_m(values["m"])
         rho = model_module.check_rho(values["rho"])
         if isinstance(model, model_module.SAMModel):
             current = trials.sam_config(model)

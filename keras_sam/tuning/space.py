@@ -8,7 +8,7 @@ is missing, so importing keras_sam never needs it.
 import numpy as np
 
 from keras_sam import _optional
-from keras_sam.model import check_rho
+from keras_sam.core.options import check_rho
 
 PAPER_GRID = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 """Foret et al.'s grid of rho values (section 3.1)."""
@@ -68,7 +68,7 @@ def check_rho_values(
 ) -> tuple:
     """Validates a grid of rho values > 0 and returns a tuple of floats.
 
-    Each value passes `keras_sam.model.check_rho`; 0 is refused too (a
+    Each value passes `keras_sam.core.options.check_rho`; 0 is refused too (a
     search over rho = 0 trains the base optimizer).
     """
     values = _grid(rho_values, argument, example)

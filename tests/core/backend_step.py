@@ -15,7 +15,7 @@ import numpy as np
 from keras import ops
 
 from keras_sam.core import step
-from keras_sam.options import SAMOptions
+from keras_sam.core.options import SAMOptions
 
 RHO = 0.3
 VARIANTS = {

@@ -1,6 +1,6 @@
 """The algorithm half of SAM's step runs on TensorFlow, JAX and PyTorch.
 
-`keras_sam.core.step` and `keras_sam.perturbation` are written in
+`keras_sam.core.step` and `keras_sam.core.perturbation` are written in
 `keras.ops`: each backend (a fresh process per `KERAS_BACKEND`, see
 `tests/core/backend_step.py`) takes the same descent gradients, equal to a
 NumPy hand computation and to each other. `SAMModel` itself still runs on

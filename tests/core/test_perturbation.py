@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_sam import perturbation
+from keras_sam.core import perturbation
 
 
 def grads_fixture(seed=0):

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import keras_sam
 from keras_sam.core import step as core_step
-from keras_sam.core import tensorflow as core_tensorflow
+from keras_sam.backend.tensorflow import step as core_tensorflow
 from tests import reference
 from tests.helpers import LEARNING_RATE
 from tests.helpers import RHO

@@ -12,8 +12,8 @@ import pytest
 import tensorflow as tf
 
 import keras_sam
-from keras_sam import perturbation
-from keras_sam.core import tensorflow as core_tensorflow
+from keras_sam.core import perturbation
+from keras_sam.backend.tensorflow import step as core_tensorflow
 
 RHO = 0.5
 # Token 0 is padding, repeated in every row; 3 repeats within and across.
@@ -40,15 +40,21 @@ def text_model(jit_compile=False, **sam_kwargs):
     return model
 
 
-def dense_gradient(model, weights):
-    """The batch gradient at `weights`, densified (duplicates summed)."""
+def tape_gradient(model, weights):
+    """The batch gradient at `weights` as the tape gives it (an
+    embedding's as `tf.IndexedSlices`, one row per lookup)."""
     weights = [tf.constant(w) for w in weights]
     with tf.GradientTape() as tape:
         tape.watch(weights)
         y_pred, _ = model.stateless_call(weights, [], TOKENS, training=True)
         loss = model.compute_loss(TOKENS, LABELS, y_pred)
+    return tape.gradient(loss, weights)
+
+
+def dense_gradient(model, weights):
+    """The batch gradient at `weights`, densified (duplicates summed)."""
     return [tf.convert_to_tensor(g).numpy()
-            for g in tape.gradient(loss, weights)]
+            for g in tape_gradient(model, weights)]
 
 
 def hand_sam(model, w, direction):
@@ -88,12 +94,7 @@ def test_embedding_step_and_grad_norm_match_hand_sam(p, direction,
 
 
 def _per_lookup_norm(model, w):
-    weights = [tf.constant(x) for x in w]
-    with tf.GradientTape() as tape:
-        tape.watch(weights)
-        y_pred, _ = model.stateless_call(weights, [], TOKENS, training=True)
-        loss = model.compute_loss(TOKENS, LABELS, y_pred)
-    grads = tape.gradient(loss, weights)
+    grads = tape_gradient(model, w)
     assert isinstance(grads[0], tf.IndexedSlices)
     parts = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads]
     return float(np.sqrt(sum(np.sum(p.numpy() ** 2) for p in parts)))

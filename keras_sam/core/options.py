@@ -15,8 +15,23 @@ from typing import Optional
 
 import numpy as np
 
-from keras_sam import perturbation
-from keras_sam.core import groups
+from keras_sam.core import perturbation
+
+def check_m(m: Optional[int]) -> Optional[int]:
+    """Validates the group size `m` (None means the whole replica batch)."""
+    if m is None:
+        return None
+    if (
+        isinstance(m, bool)
+        or not isinstance(m, numbers.Integral)
+        or m < 1
+    ):
+        raise ValueError(
+            "`m` must be a positive integer (examples per perturbation "
+            f"group) or None for the whole per-replica batch. Received: m={m!r}"
+        )
+    return int(m)
+
 
 def check_rho(rho) -> float:
     """Validates the neighbourhood size `rho` and returns it as a float."""
@@ -138,7 +153,7 @@ class SAMOptions:
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)
-        set_("m", groups.check_m(self.m))
+        set_("m", check_m(self.m))
         set_("p", perturbation.check_p(self.p))
         for name, choices in (
             ("perturbation", PERTURBATIONS),

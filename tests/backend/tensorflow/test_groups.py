@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 import keras_sam
-from keras_sam.core import groups as m_groups
+from keras_sam.backend.tensorflow import groups as m_groups
+from keras_sam.core.options import check_m
 
 
 def test_split_and_merge_round_trip_nested_batches():
@@ -39,7 +40,7 @@ def test_dynamic_batch_not_divisible_by_m_fails_at_run_time():
 @pytest.mark.parametrize("m", [0, -1, 1.5, True, "2"])
 def test_check_m_rejects_bad_values(m):
     with pytest.raises(ValueError, match="`m` must be a positive integer"):
-        m_groups.check_m(m)
+        check_m(m)
 
 
 # --------------------------------------------------------------- map_groups

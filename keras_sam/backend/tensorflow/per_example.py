@@ -47,8 +47,9 @@ import keras
 import tensorflow as tf
 
 from keras_sam import _keras
-from keras_sam import perturbation
-from keras_sam.core import rank_one
+from keras_sam.backend.tensorflow import rank_one
+from keras_sam.backend.tensorflow.state import state_variables
+from keras_sam.core import perturbation
 from keras_sam.core import step
 
 _L = keras.layers
@@ -118,9 +119,8 @@ def _loss_supported(model) -> bool:
     """A compiled loss that is the mean of the examples' losses."""
     if model.loss is None or model.optimizer is None:
         return False
-    for name in ("compute_loss", "_compute_loss"):
-        if getattr(type(model), name) is not getattr(keras.Model, name):
-            return False
+    if _keras.overrides_loss_computation(model):
+        return False
     losses = tf.nest.flatten(model.loss)
     if any(
         getattr(loss, "reduction", MEAN_REDUCTIONS[0]) not in MEAN_REDUCTIONS
@@ -313,9 +313,7 @@ def sam_branch(model, batch, options, rho, state):
 def _filled(model, state):
     """`state`, filled as the backend's `evaluate` fills it when empty."""
     if not state:
-        from keras_sam.core import tensorflow  # imports this module
-
-        state.extend(tensorflow.state_variables(model))
+        state.extend(state_variables(model))
     return state
 
 

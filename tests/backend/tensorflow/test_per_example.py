@@ -17,16 +17,15 @@ import pytest
 import tensorflow as tf
 
 import keras_sam
-from keras_sam.core import per_example
-from keras_sam.core import tensorflow as backend
-from keras_sam.options import SAMOptions
+from keras_sam.backend.tensorflow import per_example
+from keras_sam.backend.tensorflow import step as backend
+from keras_sam.core.options import SAMOptions
 from tests.helpers import mirrored
 
 RHO = 0.1
 RULES = ("sam", "logit", "jacobian")
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), *[".."] * 3))
 
 
 @functools.lru_cache(maxsize=None)

@@ -17,12 +17,13 @@ import keras
 import tensorflow as tf
 
 from keras_sam import _keras
-from keras_sam import perturbation
-from keras_sam.core import groups
-from keras_sam.core import per_example
+from keras_sam.backend.tensorflow import groups
+from keras_sam.backend.tensorflow import per_example
+from keras_sam.backend.tensorflow import sync
+from keras_sam.backend.tensorflow.state import state_variables
+from keras_sam.core import perturbation
 from keras_sam.core import policy
 from keras_sam.core import step
-from keras_sam.core import sync
 
 
 class StepResult(NamedTuple):
@@ -30,24 +31,6 @@ class StepResult(NamedTuple):
     y_pred: object  # the outputs at w
     loss: tf.Tensor  # the loss at w, as `compute_loss` returns it
     stats: dict  # grad_norm, sharpness, sam_weight (float32 scalars)
-
-
-def state_variables(model) -> list:
-    """The variables a forward pass may assign: the model's non-trainable
-    state (statistics, seeds), its metrics, and the global seed generator
-    behind unseeded `keras.random` calls."""
-    candidates = list(model.non_trainable_variables) + list(
-        model.metrics_variables
-    )
-    generator = _keras.existing_global_seed_generator()
-    if generator is not None:
-        candidates.append(generator.state)
-    seen, unique = set(), []
-    for v in candidates:
-        if id(v) not in seen:
-            seen.add(id(v))
-            unique.append(v)
-    return unique
 
 
 def make_evaluate(model, state: list, dense=False):
@@ -186,7 +169,7 @@ def _whole_batch(model, evaluate, batch, options, rho, normal, step_state):
 
     def kept_mask(grads):
         return policy.kept_mask(
-            options, step_state, grads, weights, normal, iterations
+            options, step_state, grads, weights, normal, iterations, tf.cond
         )
 
     def sam():

@@ -26,22 +26,6 @@ import tensorflow as tf
 from keras_sam import _keras
 
 
-def check_m(m: Optional[int]) -> Optional[int]:
-    """Validates the group size `m` (None means the whole replica batch)."""
-    if m is None:
-        return None
-    if (
-        isinstance(m, bool)
-        or not isinstance(m, numbers.Integral)
-        or m < 1
-    ):
-        raise ValueError(
-            "`m` must be a positive integer (examples per perturbation "
-            f"group) or None for the whole per-replica batch. Received: m={m!r}"
-        )
-    return int(m)
-
-
 def batch_size(structure) -> tf.Tensor:
     """The (possibly dynamic) leading dimension shared by a nested batch."""
     first = tf.nest.flatten(structure)[0]
