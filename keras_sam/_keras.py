@@ -96,6 +96,14 @@ def unscale_gradient_norm(model, norm):
     return unscale_loss_for_distribution(norm)
 
 
+def in_stateless_scope() -> bool:
+    """Whether code runs inside a `keras.StatelessScope` (no public
+    accessor: `keras.src.backend.common.stateless_scope`)."""
+    from keras.src.backend.common import stateless_scope
+
+    return stateless_scope.in_stateless_scope()
+
+
 def existing_global_seed_generator():
     """The `SeedGenerator` behind unseeded `keras.random` calls, or None.
 
@@ -303,6 +311,14 @@ def _element_spec(iterator):
     if adapter is None:
         return None
     return adapter.get_tf_dataset().element_spec
+
+
+def strategy_scope(model):
+    """The scope of the tf.distribute strategy a model was created under
+    (public `model.distribute_strategy`, TensorFlow's trainer only); a
+    no-op context on the other backends."""
+    strategy = getattr(model, "distribute_strategy", None)
+    return contextlib.nullcontext() if strategy is None else strategy.scope()
 
 
 def distribute_strategy(model):

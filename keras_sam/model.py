@@ -24,7 +24,7 @@ import keras
 
 from keras_sam import _keras
 from keras_sam import model_classes
-from keras_sam.backend.tensorflow import step as backend_step
+from keras_sam import backend
 from keras_sam.core.options import SAMOptions
 from keras_sam.core.options import check_rho
 from keras_sam.core.policy import StepState
@@ -136,6 +136,11 @@ class SAMModel(MultiWorkerFix, _keras.ClonedSettings, keras.Model):
     def rho(self):
         """The radius of the perturbation: a non-trainable variable, outside
         `model.weights`; assign it between steps (no retracing)."""
+        # On JAX, `fit` holds the variables' values in its own state until
+        # the epoch ends; the trainer's public sync attaches them again.
+        sync = getattr(self, "jax_state_sync", None)
+        if sync is not None and not _keras.in_stateless_scope():
+            sync()
         return self._sam.rho
 
     @rho.setter
@@ -168,7 +173,9 @@ class SAMModel(MultiWorkerFix, _keras.ClonedSettings, keras.Model):
         """Applies `get_sam_config()`-style settings (rho and options)."""
         config = dict(config)
         rho = check_rho(config.pop("rho", self.get_sam_config()["rho"]))
-        self._sam.options = SAMOptions(**config)
+        options = SAMOptions(**config)
+        backend.check_options(options)
+        self._sam.options = options
         self._sam.step_state = None
         self._sam.rho.assign(rho)
         self.train_function = None
@@ -211,7 +218,8 @@ class SAMModel(MultiWorkerFix, _keras.ClonedSettings, keras.Model):
         >>> _ = model.fit(np.ones((4, 2)), np.ones((4, 1)), verbose=0)
         """
         self._sam.calls += 1
-        result, self._sam.local.deferred = backend_step.sam_gradients(
+        step = backend.step_module()
+        result, self._sam.local.deferred = step.sam_gradients(
             self, self.sam_options, self._sam.rho, x, y, sample_weight,
             step_state=self._sam.step_state,
         )
@@ -223,14 +231,22 @@ class SAMModel(MultiWorkerFix, _keras.ClonedSettings, keras.Model):
         # Momentum-SAM's optimizer slots) needs the built model and
         # optimizer, and must be created outside the traced step; a new
         # train function (after `compile`) starts it afresh.
-        if force or self.train_function is None:
+        if (force or self.train_function is None) and backend.name() == (
+                "tensorflow"):
             self._sam.step_state = StepState(self, self.sam_options)
         # A user's own train_step (however it was defined) is checked: it
         # must call compute_sam_gradients, and gets SAM's logs if it does.
-        train_step = type(self).train_step
-        if train_step is not SAMModel.train_step:
-            checked = warn_if_sam_unused(train_step)
-            object.__setattr__(self, "train_step", checked.__get__(self))
+        # The step is written as Keras' TensorFlow trainer calls it,
+        # `train_step(data)`; the backend turns it into its trainer's form
+        # (JAX: `train_step(state, data) -> (logs, state)`).
+        method = type(self).train_step
+        checked = method
+        if method is not SAMModel.train_step:
+            checked = warn_if_sam_unused(method)
+        bound = checked.__get__(self)
+        step = backend.step_module().stateless_step(self, bound)
+        if step is not bound or checked is not method:
+            object.__setattr__(self, "train_step", step)
         return super().make_train_function(force=force)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
@@ -274,6 +290,15 @@ class SAMModel(MultiWorkerFix, _keras.ClonedSettings, keras.Model):
         self.apply_sam_gradients(grads)
         logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         return {**logs, **self.sam_logs(in_logs=True)}
+
+    @property
+    def metrics_variables(self):
+        # Keras' JAX trainer passes variables into its jitted step as
+        # state; SAM's own (rho, its trackers) travel with the metrics'.
+        variables = super().metrics_variables
+        if backend.name() == "jax":
+            variables = variables + self._sam.variables
+        return variables
 
     @property
     def sam_metrics(self) -> list:
@@ -411,7 +436,7 @@ class SAMModel(MultiWorkerFix, _keras.ClonedSettings, keras.Model):
         if input_shape is not None and not model.built:
             model(keras.Input(shape=tuple(input_shape)))
         model.__class__ = sam_class(type(model))
-        with model.distribute_strategy.scope():
+        with _keras.strategy_scope(model):
             model._sam = SAMState(rho, options)
         model.train_function = None
         return model

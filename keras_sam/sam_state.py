@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import keras
 
-from keras_sam.backend.tensorflow.sync import sync_statistics
+from keras_sam import backend
 
 
 class SAMGradients(NamedTuple):
@@ -27,6 +27,7 @@ class SAMState:
     """
 
     def __init__(self, rho, options):
+        backend.check_options(options)
         self.options = options
         self.rho = keras.Variable(
             rho, dtype="float32", trainable=False, name="rho"
@@ -55,9 +56,17 @@ class SAMState:
     def apply_deferred(self):
         """Applies this replica's deferred updates (synced statistics)."""
         deferred = getattr(self.local, "deferred", None)
-        if deferred:
+        if deferred:  # only TensorFlow's step defers
+            from keras_sam.backend.tensorflow.sync import sync_statistics
+
             sync_statistics(deferred)
         self.local.deferred = []
+
+    @property
+    def variables(self) -> list:
+        """rho and the trackers' variables (state of Keras' JAX step)."""
+        return [self.rho, *self.grad_norm.variables,
+                *self.sharpness.variables]
 
     def logs(self) -> dict:
         return {

@@ -4,7 +4,81 @@
 perturbation pipeline, the algorithm over passes, the cheap-SAM policy's
 decisions), written in `keras.ops`. A folder here per backend holds the
 rest, as Keras splits `keras/src/backend/*/trainer.py` from the model: one
-side-effect-free pass with its gradient, the conditional step, the map
-over m-groups, the replica reduction and how state updates are committed.
-SAM's step is written for TensorFlow today (`tensorflow/`).
+side-effect-free pass with its gradient, the map over m-groups, the
+conditional step, the replica reduction and how state updates are
+committed.
+
+- `tensorflow/`: the full step (tf.distribute replicas, every option);
+- `jax/`, `torch/`: the function transforms (`value_and_grad`, `vmap`,
+  random draws) that `functional.py`, the step for backends whose
+  gradients are transforms of functions, runs on; `jax/` also commits a
+  step's state in Keras' stateless JAX trainer;
+- `state.py`: the state variables a pass may change (a leaf module).
+
+`step_module()` is the current backend's step; `check_options` refuses, at
+construction, an option the current backend's step does not have.
 """
+
+import importlib
+
+import keras
+
+BACKENDS = ("tensorflow", "jax", "torch")
+
+# Options only the TensorFlow step has, with the value that switches each
+# off. They keep state between steps (the cheap-SAM policies), split
+# gradients at the logits, or average across tf.distribute replicas.
+TENSORFLOW_ONLY = {
+    "sam_every": 1,
+    "sam_from": 0,
+    "trigger": "always",
+    "off_step": "base",
+    "gradient_rule": "sam",
+    "sync_moving_statistics": False,
+}
+
+
+def name() -> str:
+    """The Keras backend SAM runs on; raises on one it does not know."""
+    backend = keras.backend.backend()
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"keras_sam runs on the Keras backends {', '.join(BACKENDS)}; "
+            f"this process uses KERAS_BACKEND={backend!r}. Set "
+            "KERAS_BACKEND to one of them before importing keras."
+        )
+    return backend
+
+
+def step_module():
+    """The current backend's step module (imported on first use)."""
+    return importlib.import_module(f"keras_sam.backend.{name()}.step")
+
+
+def check_options(options) -> None:
+    """Refuses options the current backend's step does not have.
+
+    Raises:
+        ValueError: naming the option, the backend and the fix.
+    """
+    backend = name()
+    if backend == "tensorflow":
+        return
+    refused = {
+        key: getattr(options, key)
+        for key, off in TENSORFLOW_ONLY.items()
+        if getattr(options, key) != off
+    }
+    if options.perturbation == "momentum":
+        refused["perturbation"] = "momentum"
+    kept_mask = options.perturbed_fraction < 1 and options.m is None
+    if kept_mask and options.mask_update_every > 1:
+        refused["mask_update_every"] = options.mask_update_every
+    if refused:
+        settings = ", ".join(f"{k}={v!r}" for k, v in refused.items())
+        raise ValueError(
+            f"{settings}: not available on the {backend} backend yet (the "
+            "options that keep state between steps, L-SAM/J-SAM and "
+            "replica-synced statistics run on TensorFlow only). Use "
+            "KERAS_BACKEND=tensorflow, or leave the option at its default."
+        )

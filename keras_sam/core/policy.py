@@ -47,7 +47,7 @@ class StepState:
         self.mask = None
         self.momentum = None
         shapes = [tuple(v.shape) for v in model.trainable_variables]
-        with model.distribute_strategy.scope():
+        with _keras.strategy_scope(model):
             if options.trigger == "adaptive":
                 self.trigger_stats = [_variable((), "ae_sam_" + n)
                                       for n in ("mean", "variance")]
@@ -98,7 +98,7 @@ def momentum_slots(model):
     """
     optimizer = model.optimizer
     if not optimizer.built:  # Keras builds it in the first step otherwise
-        with model.distribute_strategy.scope():
+        with _keras.strategy_scope(model):
             optimizer.build(model.trainable_variables)
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     slots = _keras.optimizer_momentums(inner)

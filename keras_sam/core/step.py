@@ -6,7 +6,7 @@
     g_sam  = second.grads                       # or L-SAM / J-SAM's product
 
 `evaluate(weights, batch)` returns a `Pass`; it comes from the backend
-module (`keras_sam.backend.tensorflow.step`) and has no side effects, so `w` is
+module (`keras_sam.backend.<name>.step`) and has no side effects, so `w` is
 never assigned `w + eps` and nothing needs restoring. The functions here
 only combine passes: they are the algorithm and its variants, as options
 of one pipeline (`perturb`): a direction (the gradient, a random draw or
@@ -40,6 +40,15 @@ class Pass(NamedTuple):
     def ascent_grads(self) -> Optional[list]:
         """The gradient for the ascent (norms, eps): rows summed."""
         return self.grads if self.summed is None else self.summed
+
+
+class StepResult(NamedTuple):
+    """What a backend's `sam_gradients` gives for one replica's batch."""
+
+    grads: list  # descent gradient for `model.trainable_variables`
+    y_pred: Any  # the outputs at w
+    loss: Any  # the loss at w, as `compute_loss` returns it
+    stats: dict  # grad_norm, sharpness, sam_weight (float32 scalars)
 
 
 class Inputs(NamedTuple):

@@ -7,6 +7,5 @@
   step over them;
 - `per_example.py`, `rank_one.py`: exact 1-SAM for Dense, attention and
   LayerNorm models without per-example weight copies;
-- `sync.py`: BatchNorm moving statistics averaged across replicas;
-- `state.py`: the state variables a pass may change (a leaf module).
+- `sync.py`: BatchNorm moving statistics averaged across replicas.
 """

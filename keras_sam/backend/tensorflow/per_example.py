@@ -48,7 +48,7 @@ import tensorflow as tf
 
 from keras_sam import _keras
 from keras_sam.backend.tensorflow import rank_one
-from keras_sam.backend.tensorflow.state import state_variables
+from keras_sam.backend.state import state_variables
 from keras_sam.core import perturbation
 from keras_sam.core import step
 

@@ -20,17 +20,16 @@ from keras_sam import _keras
 from keras_sam.backend.tensorflow import groups
 from keras_sam.backend.tensorflow import per_example
 from keras_sam.backend.tensorflow import sync
-from keras_sam.backend.tensorflow.state import state_variables
+from keras_sam.backend.state import state_variables
 from keras_sam.core import perturbation
 from keras_sam.core import policy
 from keras_sam.core import step
 
 
-class StepResult(NamedTuple):
-    grads: list  # descent gradient for `model.trainable_variables`
-    y_pred: object  # the outputs at w
-    loss: tf.Tensor  # the loss at w, as `compute_loss` returns it
-    stats: dict  # grad_norm, sharpness, sam_weight (float32 scalars)
+def stateless_step(model, train_step):
+    """The step as Keras' TensorFlow trainer calls it: unchanged."""
+    del model
+    return train_step
 
 
 def make_evaluate(model, state: list, dense=False):
@@ -198,7 +197,7 @@ def _whole_batch(model, evaluate, batch, options, rho, normal, step_state):
         model, options, use_sam, sam, base
     )
     stats = _stats_from(loss, loss2, norm, use_sam)
-    return StepResult(grads, y_pred, loss, stats), updates
+    return step.StepResult(grads, y_pred, loss, stats), updates
 
 
 def _sam_pass(model, evaluate, weights, batch, options, rho, inputs, first):
@@ -310,7 +309,7 @@ def _grouped(model, evaluate, batch, options, rho, normal, use_sam, m, state):
         model, options, use_sam, sam, base
     )
     stats = _stats_from(loss, loss2, norm, use_sam)
-    return StepResult(grads, y_pred, loss, stats), updates
+    return step.StepResult(grads, y_pred, loss, stats), updates
 
 
 class _Groups(NamedTuple):

@@ -1,0 +1,290 @@
+"""SAM's step where gradients are transforms of functions (JAX, PyTorch).
+
+JAX's `jax.value_and_grad` and PyTorch's `torch.func.grad_and_value` take
+the gradient of a function of the weights; `jax.vmap` maps one over a group
+axis. The step is the same on both, written here once against the
+`Transforms` a backend module hands in (`backend/jax/step.py`,
+`backend/torch/step.py`):
+
+    pass(w)    = model(x) and compute_loss in a keras.StatelessScope
+    first      = value_and_grad(pass)(w)          # loss, g, state updates
+    eps, g_sam = keras_sam.core.step                # the algorithm
+    commit first's state updates                    # as keras.Model would
+
+With `m`, the batch is split into groups of m examples (and one smaller
+group of what is left over), each with its own eps; their gradients weigh
+in by their share of the batch. There is no conditional: with rho = 0, eps
+is exactly 0 and the pass at w + eps repeats the pass at w, so the step
+gives Keras' gradient bit for bit at the cost of a second pass (and one
+trace, not two).
+"""
+
+from typing import Callable, NamedTuple
+
+import keras
+from keras import ops
+
+from keras_sam import _keras
+from keras_sam.backend.state import state_variables
+from keras_sam.core import perturbation
+from keras_sam.core import step
+
+
+class Transforms(NamedTuple):
+    """What a backend gives the functional step."""
+
+    # value_and_grad(f)(weights) -> ((value, aux), grads), f -> (value, aux)
+    value_and_grad: Callable
+    # map_groups(fn, groups) -> fn's outputs stacked on axis 0, `groups`
+    # a structure of tensors whose axis 0 is the group
+    map_groups: Callable
+    # normal(model, options) -> normal(shapes, kind): N(0, 1) draws that
+    # depend only on the seed, the step and the kind ("random", "mask")
+    normal: Callable
+
+
+def make_evaluate(model, state: list, transforms: Transforms):
+    """`evaluate(weights, batch)`: one side-effect-free pass as a `Pass`.
+
+    The pass reads every state variable at its current value and records
+    what it assigns; `Pass.updates` indexes into `state`.
+    """
+    variables = model.trainable_variables
+    training = _keras.call_has_training_arg(model)
+    optimizer = model.optimizer
+
+    def forward(weights, batch):
+        x, y, sample_weight = batch
+        mapping = [(v, v.value) for v in state] + list(zip(variables, weights))
+        with keras.StatelessScope(mapping, collect_losses=True) as scope:
+            y_pred = model(x, training=True) if training else model(x)
+            loss = _keras.compute_loss(model, x, y, y_pred, sample_weight)
+        updates = {}
+        for i, v in enumerate(state):
+            value = scope.get_current_value(v)
+            if value is not None:
+                updates[i] = value
+        scaled = optimizer.scale_loss(loss) if optimizer else loss
+        return scaled, (loss, y_pred, updates)
+
+    def evaluate(weights, batch, output_grads=False, need_grads=True):
+        del output_grads  # L-SAM/J-SAM: TensorFlow only (refused before)
+        if not need_grads:
+            _, (loss, y_pred, updates) = forward(weights, batch)
+            return step.Pass(loss, None, y_pred, updates)
+        grad_fn = transforms.value_and_grad(lambda w: forward(w, batch))
+        (_, (loss, y_pred, updates)), grads = grad_fn(list(weights))
+        return step.Pass(loss, list(grads), y_pred, updates)
+
+    return evaluate
+
+
+def sam_gradients(
+    model, options, rho, x, y=None, sample_weight=None, step_state=None, *,
+    transforms: Transforms,
+):
+    """SAM's descent gradient for a batch; commits the state updates.
+
+    Args:
+        model: The compiled model.
+        options: Its `SAMOptions` (checked by `keras_sam.backend.
+            check_options`).
+        rho: Scalar variable, the radius.
+        x, y, sample_weight: The batch.
+        step_state: Unused (the options that keep state are refused).
+        transforms: The backend's `Transforms`.
+
+    Returns:
+        A `step.StepResult`, and `[]` (nothing deferred).
+    """
+    del step_state
+    batch = (x, y, sample_weight)
+    state = state_variables(model)
+    evaluate = make_evaluate(model, state, transforms)
+    weights = [v.value for v in model.trainable_variables]
+    inputs = step.Inputs(
+        transforms.normal(model, options),
+        [v.name for v in model.trainable_variables],
+    )
+    m = group_size(model, options.m, x)
+    if m is None:
+        first, grads, loss2 = _sam_pass(
+            model, evaluate, weights, batch, options, rho, inputs, transforms
+        )
+        result = _Group(grads, first.y_pred,
+                        (first.loss, loss2, _norm(model, first)),
+                        first.updates)
+    else:
+        result = _grouped(
+            model, evaluate, weights, batch, options, rho, inputs, transforms,
+            m, state,
+        )
+    for i, value in result.updates.items():
+        state[i].assign(value)
+    loss, loss2, norm = result.stats
+    stats = {
+        "grad_norm": ops.cast(norm, "float32"),
+        "sharpness": ops.cast(loss2 - loss, "float32"),
+        "sam_weight": ops.ones((), "float32"),
+    }
+    return step.StepResult(result.grads, result.y_pred, loss, stats), []
+
+
+def _sam_pass(model, evaluate, weights, batch, options, rho, inputs,
+              transforms):
+    """`(first, descent gradient, L(w + eps))` of one group."""
+    if not options.second_order:
+        first = step.first_pass(evaluate, weights, batch, options)
+        grads, loss2 = step.descent(
+            evaluate, weights, batch, first, options, rho, inputs
+        )
+        return first, grads, loss2
+
+    def objective(ws):
+        """L(w + eps(w)), through the whole pipeline (Foret et al.
+        appendix C.4)."""
+        first = evaluate(ws, batch)
+        eps = step.perturb(
+            evaluate, ws, batch, first.grads, options, rho, inputs
+        )
+        second = evaluate(step.add(ws, eps), batch, need_grads=False)
+        kept = (first.loss, first.grads, first.y_pred, first.updates)
+        return model.optimizer.scale_loss(second.loss), (kept, second.loss)
+
+    (_, (kept, loss2)), grads = transforms.value_and_grad(objective)(
+        list(weights)
+    )
+    return step.Pass(*kept), list(grads), loss2
+
+
+class _Group(NamedTuple):
+    """One group's results, or several groups' stacked on axis 0."""
+
+    grads: list
+    y_pred: object
+    stats: tuple  # loss, loss at w + eps, ||g||
+    updates: dict  # index into the state -> value
+
+
+def _grouped(model, evaluate, weights, batch, options, rho, inputs,
+             transforms, m, state):
+    """One eps per group of m examples; the leftover examples form one
+    smaller group; each group weighs in by its share of the batch."""
+    named = {"x": batch[0], "y": batch[1], "sample_weight": batch[2]}
+    named = {k: v for k, v in named.items() if v is not None}
+    n = batch_size(batch[0])
+    q = n // m
+
+    def one_group(group):
+        group_batch = (group["x"], group.get("y"), group.get("sample_weight"))
+        first, grads, loss2 = _sam_pass(
+            model, evaluate, weights, group_batch, options, rho, inputs,
+            transforms,
+        )
+        return _Group(grads, first.y_pred,
+                      (first.loss, loss2, _norm(model, first)), first.updates)
+
+    parts, sizes = [], []
+    if q:
+        head = keras.tree.map_structure(
+            lambda t: ops.reshape(t[: q * m], (q, m) + tuple(t.shape[1:])),
+            named,
+        )
+        out = transforms.map_groups(one_group, head)
+        y_pred = keras.tree.map_structure(
+            lambda t: ops.reshape(t, (q * m,) + tuple(t.shape[2:])),
+            out.y_pred,
+        )
+        parts.append(out._replace(y_pred=y_pred))
+        sizes += [m] * q
+    if n % m:
+        rest = keras.tree.map_structure(lambda t: t[q * m:], named)
+        out = one_group(rest)
+        stacked = keras.tree.map_structure(lambda t: ops.expand_dims(t, 0),
+                                           out._replace(y_pred=None))
+        parts.append(stacked._replace(y_pred=out.y_pred))
+        sizes.append(n % m)
+    joined = keras.tree.map_structure(
+        lambda *t: ops.concatenate(t, axis=0), *parts
+    )
+    share = ops.convert_to_tensor([s / n for s in sizes], "float32")
+    grads = [_weighted_sum(share, g) for g in joined.grads]
+    stats = tuple(
+        _weighted_sum(share, ops.cast(v, "float32")) for v in joined.stats
+    )
+    updates = _merged_updates(model, joined.updates, state, sizes)
+    return _Group(grads, joined.y_pred, stats, updates)
+
+
+def _weighted_sum(weights, stacked):
+    """sum_g weights[g] * stacked[g], for tensors stacked on axis 0."""
+    weights = ops.reshape(ops.cast(weights, stacked.dtype),
+                          (-1,) + (1,) * (len(stacked.shape) - 1))
+    return ops.sum(weights * stacked, axis=0)
+
+
+def _merged_updates(model, updates: dict, state: list, sizes: list) -> dict:
+    """One state update from the groups' (stacked on axis 0).
+
+    A group's change of a float variable (or of a metric's) is an
+    increment, and increments add up across groups, as one pass over the
+    batch would add them; BatchNormalization's moving statistics take the
+    groups' mean weighted by size; other integer state (seed generators) is
+    the same in every group.
+    """
+    metric_ids = {id(v) for v in model.metrics_variables}
+    averaged = {
+        id(v)
+        for layer in _keras.flatten_layers(model)
+        if isinstance(layer, keras.layers.BatchNormalization)
+        for v in (layer.moving_mean, layer.moving_variance)
+    }
+    total = float(sum(sizes))
+    merged = {}
+    for i, values in updates.items():
+        variable = state[i]
+        floating = "float" in keras.backend.standardize_dtype(values.dtype)
+        if not (floating or id(variable) in metric_ids):
+            merged[i] = values[0]
+            continue
+        old = ops.cast(variable.value, values.dtype)
+        if id(variable) in averaged:
+            share = [s / total for s in sizes]
+        else:
+            share = [1.0] * len(sizes)
+        share = ops.convert_to_tensor(share, "float32")
+        merged[i] = old + _weighted_sum(share, values - old)
+    return merged
+
+
+def batch_size(structure) -> int:
+    """The batch size of a structure of tensors (its first leaf's)."""
+    first = next(t for t in keras.tree.flatten(structure) if t is not None)
+    return int(first.shape[0])
+
+
+def group_size(model, m, x):
+    """The `m` to split the batch by, or None when it is one group.
+
+    Raises:
+        ValueError: m=1 on a model with BatchNormalization (a batch of one).
+    """
+    if m is None:
+        return None
+    if m == 1:
+        for layer in _keras.flatten_layers(model):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                raise ValueError(
+                    f"m=1 (1-SAM) gives BatchNormalization layer "
+                    f"{layer.name!r} a batch of a single example. Use a "
+                    "model with LayerNormalization or GroupNormalization "
+                    "(as Baek et al. do), or m >= 2."
+                )
+    return None if batch_size(x) <= m else m
+
+
+def _norm(model, first):
+    """||g|| of the true gradient (the optimizer's loss scale undone)."""
+    return _keras.unscale_gradient_norm(
+        model, perturbation.global_norm(first.grads)
+    )

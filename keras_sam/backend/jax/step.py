@@ -1,0 +1,99 @@
+"""The JAX half of SAM's step.
+
+Keras' JAX trainer is stateless: it calls `train_step(state, data)` with
+the values of the trainable, non-trainable, optimizer and metrics variables
+and takes `(logs, new_state)` back, inside `jax.jit`. `stateless_step`
+turns SAMModel's step (written as Keras' TensorFlow and PyTorch trainers
+call it, `train_step(data)`, assigning variables) into that form: the step
+runs in a `keras.StatelessScope` that maps every variable to its value in
+`state`, and what it assigns is the new state. SAM's own variables (rho and
+its statistics' trackers) travel in the metrics part of the state (see
+`SAMModel.metrics_variables`).
+
+The gradient itself is `jax.value_and_grad` of a side-effect-free pass
+(`keras_sam.backend.functional`), and m-groups are `jax.vmap`ped.
+"""
+
+import functools
+
+import jax
+import keras
+
+from keras_sam.backend import functional
+
+
+def _value_and_grad(f):
+    return jax.value_and_grad(f, has_aux=True)
+
+
+def _map_groups(fn, groups):
+    return jax.vmap(fn)(groups)
+
+
+def _normal(model, options):
+    """Draws from the seed, the step and the kind: the same in both
+    passes of a step, fresh at the next."""
+
+    def normal(shapes, kind):
+        step_index = model.optimizer.iterations.value
+        key = jax.random.key(options.seed)
+        if kind == "mask":
+            step_index = step_index // options.mask_update_every
+            key = jax.random.fold_in(key, 1)
+        key = jax.random.fold_in(key, step_index)
+        keys = jax.random.split(key, len(shapes))
+        return [
+            jax.random.normal(k, tuple(shape), "float32")
+            for k, shape in zip(keys, shapes)
+        ]
+
+    return normal
+
+
+TRANSFORMS = functional.Transforms(_value_and_grad, _map_groups, _normal)
+
+sam_gradients = functools.partial(
+    functional.sam_gradients, transforms=TRANSFORMS
+)
+
+
+def stateless_step(model, train_step):
+    """`train_step(data) -> logs` as Keras' JAX trainer calls a step.
+
+    Args:
+        model: The model; its variables define the state's order.
+        train_step: A function of the batch that assigns variables.
+
+    Returns:
+        `step(state, data) -> (logs, state)`.
+    """
+
+    def groups():
+        optimizer = model.optimizer.variables if model.optimizer else []
+        return (
+            model.trainable_variables,
+            model.non_trainable_variables,
+            optimizer,
+            model.metrics_variables,
+        )
+
+    @functools.wraps(train_step)
+    def step(state, data):
+        references = groups()
+        mapping = [
+            pair
+            for variables, values in zip(references, state)
+            for pair in zip(variables, values)
+        ]
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            logs = train_step(data)
+        new_state = []
+        for variables, values in zip(references, state):
+            current = [scope.get_current_value(v) for v in variables]
+            new_state.append(
+                [old if new is None else new
+                 for new, old in zip(current, values)]
+            )
+        return logs, tuple(new_state)
+
+    return step
