@@ -13,14 +13,17 @@ The folder tree is the design, one layer per folder:
 - label noise and bootstrapping: `noise/`;
 - tuning rho with KerasTuner: `tuning/` (the `tuning` extra);
 - diagnostics: `diagnostics/` (Hessian, sharpness, landscapes, plots), all
-  on one stateless-loss helper;
-- distribution: `distribution.py` (tf.distribute, multi-worker);
+  on one stateless-loss helper (backend-neutral; the diagnostics on it need
+  the TensorFlow backend);
+- distribution: `distribution.py` (tf.distribute, multi-worker; a no-op off
+  the TensorFlow backend);
 - `_keras.py`: the one place for private Keras API.
 `regularization.py` is Baek et al.'s regularised-SGD baseline, `datasets.py`
 the docs' example data.
 """
 
-# First: says which TensorFlow to install when none is (see _optional).
+# First: on the TensorFlow backend, says which TensorFlow to install when
+# none is (see _optional). No keras_sam module imports TensorFlow on import.
 from keras_sam import _optional  # noqa: F401
 from keras_sam import callbacks
 from keras_sam import datasets

@@ -44,6 +44,12 @@ inside TensorFlow:
   placeholder" (keras-team/keras#19246). Fix: `tf.distribute.
   MirroredStrategy(cross_device_ops=tf.distribute.ReductionToOneDevice())`
   or `steps_per_execution=1` (MWMS has no other cross-device ops).
+
+All of this is about `tf.distribute`, so it concerns the TensorFlow
+backend only. On the JAX and PyTorch backends the module imports without
+TensorFlow, `MultiWorkerFix` passes every call straight to Keras' own
+method, `check_distribution_settings` checks nothing and `is_multi_worker`
+and `uses_collective_all_reduce` are False.
 """
 
 import functools
@@ -52,13 +58,21 @@ import json
 import socket
 
 import keras
-import tensorflow as tf
 
 from keras_sam import _keras
+from keras_sam import _optional
+
+# Imported at first use: the module imports on every backend.
+tf = _optional.LazyTensorFlow("keras_sam.distribution")
 
 ISSUE_BUILD = "keras-team/keras#20585"
 ISSUE_LOGS = "tensorflow/tensorflow#72388"
 ISSUE_STEPS = "keras-team/keras#19246"
+
+
+def _on_tensorflow() -> bool:
+    """Whether Keras runs on TensorFlow, the one backend with tf.distribute."""
+    return keras.backend.backend() == "tensorflow"
 
 
 @functools.lru_cache(maxsize=None)
@@ -88,7 +102,10 @@ def keras_bugs():
 
 
 def is_multi_worker(strategy) -> bool:
-    """True for a `MultiWorkerMirroredStrategy` over more than one worker."""
+    """True for a `MultiWorkerMirroredStrategy` over more than one worker
+    (always False off the TensorFlow backend)."""
+    if not _on_tensorflow():
+        return False
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return False
     return _keras.in_multi_worker_mode(strategy)
@@ -99,8 +116,11 @@ def uses_collective_all_reduce(strategy) -> bool:
 
     `MirroredStrategy()` defaults to `CollectiveAllReduce` since TF 2.x;
     `ReductionToOneDevice`, `HierarchicalCopyAllReduce` and `NcclAllReduce`
-    given as `cross_device_ops` are not collective.
+    given as `cross_device_ops` are not collective. Always False off the
+    TensorFlow backend.
     """
+    if not _on_tensorflow():
+        return False
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return True
     if not isinstance(strategy, tf.distribute.MirroredStrategy):
@@ -116,6 +136,8 @@ def _workers_are_cpus(strategy) -> bool:
 def check_distribution_settings(model):
     """Raises a ValueError naming the fix for settings that cannot work.
 
+    Does nothing off the TensorFlow backend (no tf.distribute strategy).
+
     Args:
         model: A compiled `keras.Model`.
 
@@ -124,6 +146,8 @@ def check_distribution_settings(model):
             or `steps_per_execution > 1` with collective all-reduce over
             more than one replica (keras-team/keras#19246).
     """
+    if not _on_tensorflow():
+        return
     strategy = model.distribute_strategy
     name = type(strategy).__name__
     if model.jit_compile and is_multi_worker(strategy):
@@ -183,10 +207,20 @@ class MultiWorkerFix:
     nothing but the settings check (`check_distribution_settings`, run
     when `fit`/`evaluate`/`predict` make their function; `compile` is not
     overridden, since Keras does not recompile a model with a custom
-    `compile` when it loads a `.keras` file).
+    `compile` when it loads a `.keras` file). Off the TensorFlow backend it
+    changes nothing at all: each override hands its arguments, as given, to
+    Keras' own method (the JAX trainer's `_make_function` takes
+    `concatenate_outputs`, for `predict`; the PyTorch trainer calls
+    neither method).
     """
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+    def _maybe_symbolic_build(self, *args, **kwargs):
+        if not _on_tensorflow():
+            return super()._maybe_symbolic_build(*args, **kwargs)
+        return self._multi_worker_symbolic_build(*args, **kwargs)
+
+    def _multi_worker_symbolic_build(self, iterator=None, data_batch=None):
+        """`TensorFlowTrainer._maybe_symbolic_build`, fixed under MWMS."""
         strategy = _keras.distribute_strategy(self)
         if (
             iterator is None
@@ -208,14 +242,16 @@ class MultiWorkerFix:
         )
         return super()._maybe_symbolic_build(data_batch=batch)
 
-    def _make_function(self, step_function):
+    def _make_function(self, step_function, *args, **kwargs):
+        if not _on_tensorflow():
+            return super()._make_function(step_function, *args, **kwargs)
         check_distribution_settings(self)
         strategy = self.distribute_strategy
         if is_multi_worker(strategy) and keras_bugs()["scalar_logs"]:
             # tensorflow/tensorflow#72388: strategy.reduce("MEAN", x,
             # axis=0) needs rank >= 1; logs of shape [1] reduce to scalars.
             step_function = _logs_as_vectors(step_function)
-        return super()._make_function(step_function)
+        return super()._make_function(step_function, *args, **kwargs)
 
 
 def enable_multi_worker_fit(model):

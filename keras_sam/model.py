@@ -377,6 +377,14 @@ class SAMModel(MultiWorkerFix, _keras.ClonedSettings, keras.Model):
     def compile_from_config(self, config):
         config = dict(config)
         sam = config.pop("sam_config", None)
+        optimizer = config.get("optimizer")
+        if isinstance(optimizer, dict) and str(
+                optimizer.get("module")).startswith("keras.src.backend."):
+            # A file saved on PyTorch names the torch backend's own class
+            # (module "keras.src.backend.torch.optimizers.torch_adam"),
+            # which another backend cannot run (Keras 3.15; no upstream
+            # issue found). The public name finds the current backend's.
+            config["optimizer"] = {**optimizer, "module": "keras.optimizers"}
         super().compile_from_config(config)
         if sam is not None:
             self._set_sam_config(sam)

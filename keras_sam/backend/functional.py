@@ -200,9 +200,12 @@ def _grouped(model, evaluate, weights, batch, options, rho, inputs,
     if n % m:
         rest = keras.tree.map_structure(lambda t: t[q * m:], named)
         out = one_group(rest)
-        stacked = keras.tree.map_structure(lambda t: ops.expand_dims(t, 0),
-                                           out._replace(y_pred=None))
-        parts.append(stacked._replace(y_pred=out.y_pred))
+        stacked = keras.tree.map_structure(
+            lambda t: ops.expand_dims(t, 0),
+            (out.grads, out.stats, out.updates),
+        )
+        grads, stats, updates = stacked
+        parts.append(_Group(grads, out.y_pred, stats, updates))
         sizes.append(n % m)
     joined = keras.tree.map_structure(
         lambda *t: ops.concatenate(t, axis=0), *parts

@@ -6,6 +6,11 @@ products, Lanczos eigenvalues, Hutchinson's trace), `sharpness`
 (m-sharpness), `landscape` (interpolations and random slices) and `plots`
 (figures and files of landscapes; needs the `plots` extra, so it is not
 imported here).
+
+The package imports on every Keras backend. `StatelessLoss` runs on any;
+the diagnostics built on it (`tf.data`, `tf.GradientTape`, `tf.function`)
+need the TensorFlow backend and, on another, raise a `RuntimeError` that
+says to set `KERAS_BACKEND=tensorflow`.
 """
 
 from keras_sam.diagnostics.hessian import hessian_vector_product

@@ -15,15 +15,23 @@ Foret et al. use in section 4.2); Hutchinson's estimator averages z'Hz over
 random sign vectors z, whose expectation is trace(H).
 
 Memory: Lanczos keeps `num_iters` float64 vectors of the model's size.
+
+The products need the TensorFlow backend (`tf.GradientTape` in
+`tf.function`); on another backend `HessianOperator` and the functions built
+on it raise a `RuntimeError` that says so. `lanczos_tridiagonal` is NumPy
+and takes any symmetric operator.
 """
 
 from typing import Callable, NamedTuple
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from keras_sam import _optional
 from keras_sam.diagnostics import stateless_loss
+
+# Imported at first use: the module imports on every backend.
+tf = _optional.LazyTensorFlow("keras_sam.diagnostics.hessian")
 
 # Lanczos restarts when the new residual is this small relative to the
 # largest entry of the tridiagonal matrix (an invariant subspace was found),
@@ -55,6 +63,7 @@ class HessianOperator:
     """
 
     def __init__(self, model, data, loss_fn=None, batch_size: int = 128):
+        stateless_loss.check_backend(type(self).__name__)
         self._full = stateless_loss.DatasetLoss(
             model, data, loss_fn, batch_size
         )
@@ -113,6 +122,7 @@ def hessian_vector_product(
     ...     model, data, [np.ones((1, 1)), np.zeros(1)], loss_fn="mse")]
     [[[2.0]], [2.0]]
     """
+    stateless_loss.check_backend("hessian_vector_product")
     operator = HessianOperator(model, data, loss_fn, batch_size)
     if isinstance(vector, (list, tuple)):
         vector = stateless_loss.flatten(vector)
@@ -240,6 +250,7 @@ def top_hessian_eigenvalues(
         Improving Generalization", ICLR 2021, section 4.2 (lambda_max and
         lambda_max / lambda_5 of SGD- and SAM-trained models).
     """
+    stateless_loss.check_backend("top_hessian_eigenvalues")
     if int(k) != k or k < 1 or num_iters < k:
         raise ValueError(
             "`k` must be a positive integer and `num_iters` >= k. Received: "
@@ -298,6 +309,7 @@ def hutchinson_trace(
         matrix for Laplacian smoothing splines", 1990; Yao et al.,
         "PyHessian: Neural Networks Through the Lens of the Hessian", 2020.
     """
+    stateless_loss.check_backend("hutchinson_trace")
     num_probes = _positive_int("num_probes", num_probes)
     operator = HessianOperator(model, data, loss_fn, batch_size)
     rng = np.random.default_rng(seed)

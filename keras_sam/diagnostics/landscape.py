@@ -17,14 +17,15 @@ scales are comparable. Biases and normalisation parameters (1-D weights) are
 zeroed by default, as Li et al. advise. Only trainable weights move;
 non-trainable ones (BatchNormalization statistics) are kept. Everything is
 evaluated with `stateless_call(..., training=False)`: the models' variables
-are never modified.
+are never modified. The losses need the TensorFlow backend (see
+`stateless_loss.DatasetLoss`); on another backend the three views raise a
+`RuntimeError` that says so. `filter_normalized_direction` is NumPy.
 """
 
 from typing import NamedTuple, Optional, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_sam.diagnostics import stateless_loss
 
@@ -137,8 +138,10 @@ def _non_trainable_mixer(model_a, model_b, loss):
             model_a.non_trainable_variables, loss.non_trainable
         ):
             other = pairs.get(id(v))
-            if other is not None and value.dtype.is_floating:
-                value = tf.cast(
+            if other is not None and keras.backend.is_float_dtype(
+                value.dtype
+            ):
+                value = keras.ops.cast(
                     (1.0 - a) * np.asarray(v, np.float64)
                     + a * np.asarray(other, np.float64),
                     value.dtype,
@@ -188,6 +191,7 @@ def interpolate(
         optimization problems", ICLR 2015; Keskar et al., "On Large-Batch
         Training for Deep Learning", ICLR 2017, section 3 (figure 3).
     """
+    stateless_loss.check_backend("interpolate")
     alphas = _coordinates(alphas, "alphas", np.linspace(-0.5, 1.5, 31))
     loss = stateless_loss.DatasetLoss(model_a, data, loss_fn, batch_size)
     _check_same_architecture(
@@ -238,6 +242,7 @@ def random_slice_1d(
         Li et al., "Visualizing the Loss Landscape of Neural Nets",
         NeurIPS 2018, sections 3-4.
     """
+    stateless_loss.check_backend("random_slice_1d")
     alphas = _coordinates(alphas, "alphas", np.linspace(-1.0, 1.0, 41))
     loss = stateless_loss.DatasetLoss(model, data, loss_fn, batch_size)
     weights = [np.asarray(w, np.float64) for w in loss.trainable]
@@ -297,6 +302,7 @@ def random_slice_2d(
         Li et al., "Visualizing the Loss Landscape of Neural Nets",
         NeurIPS 2018, sections 3-4 (contour and surface plots).
     """
+    stateless_loss.check_backend("random_slice_2d")
     alphas = _coordinates(alphas, "alphas", np.linspace(-1.0, 1.0, 21))
     betas = _coordinates(betas, "betas", alphas)
     loss = stateless_loss.DatasetLoss(model, data, loss_fn, batch_size)

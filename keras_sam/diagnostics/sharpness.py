@@ -18,6 +18,8 @@ one group (the sharpness of Foret et al.'s Theorem 1).
 
 The model is evaluated with `stateless_call(..., training=False)`: its
 variables are not modified and BatchNormalization is in inference mode.
+It needs the TensorFlow backend (`tf.GradientTape`, `tf.vectorized_map`);
+on another backend `m_sharpness` raises a `RuntimeError` that says so.
 """
 
 import math
@@ -25,12 +27,15 @@ from typing import NamedTuple, Optional
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from keras_sam import _optional
 from keras_sam.core import perturbation
 from keras_sam.core.options import check_m
 from keras_sam.diagnostics import stateless_loss
 from keras_sam.core.options import check_rho
+
+# Imported at first use: the module imports on every backend.
+tf = _optional.LazyTensorFlow("keras_sam.diagnostics.sharpness")
 
 
 class SharpnessEstimate(NamedTuple):
@@ -221,6 +226,7 @@ def m_sharpness(
         Improving Generalization", ICLR 2021: section 4.1 (m-sharpness),
         appendix C.6 (several projected ascent steps).
     """
+    stateless_loss.check_backend("m_sharpness")
     p, step_size = _check_arguments(m, rho, steps, p, step_size)
     full = stateless_loss.DatasetLoss(model, data, loss_fn, batch_size)
     ascent = _Ascent(full.loss, float(rho), int(steps), p, step_size)

@@ -12,6 +12,11 @@ statistics and dropout is off. The loss of a whole data set is the mean of
 the batch losses weighted by batch size, as `model.evaluate` reports it (each
 batch loss being a mean over its examples), so the gradient and the Hessian
 of the full-data loss are the same weighted means of the batch ones.
+
+`StatelessLoss` is backend-neutral (`keras.ops`): on JAX or PyTorch it is
+the loss to hand to `jax.grad` or `torch.func`. The rest (the data set
+pipeline in `tf.data`, gradients by `tf.GradientTape` in `tf.function`)
+needs the TensorFlow backend; `check_backend` says so on another one.
 """
 
 from typing import Sequence
@@ -19,12 +24,32 @@ from typing import Sequence
 import keras
 
 import numpy as np
-import tensorflow as tf
 
 from keras_sam import _keras
+from keras_sam import _optional
+
+# Imported at first use: the module imports on every backend.
+tf = _optional.LazyTensorFlow("keras_sam.diagnostics")
+
+# Why the diagnostics other than `StatelessLoss` need TensorFlow's backend.
+TENSORFLOW_ONLY = (
+    "it batches data with tf.data and differentiates with tf.GradientTape "
+    "inside tf.function"
+)
 
 
-def as_dataset(data, batch_size: int = 128) -> tf.data.Dataset:
+def check_backend(feature: str) -> None:
+    """Raises a `RuntimeError` unless Keras runs on TensorFlow.
+
+    Args:
+        feature: String, the diagnostic's name (e.g. "m_sharpness").
+    """
+    _optional.check_tensorflow_backend(
+        f"keras_sam.diagnostics.{feature}", TENSORFLOW_ONLY
+    )
+
+
+def as_dataset(data, batch_size: int = 128):
     """Batches of `(x, y)` or `(x, y, sample_weight)` from arrays or a dataset.
 
     Args:
@@ -67,7 +92,7 @@ def as_dataset(data, batch_size: int = 128) -> tf.data.Dataset:
     )
 
 
-def batch_size_of(x) -> tf.Tensor:
+def batch_size_of(x):
     """The number of examples of a (possibly nested) input batch `x`."""
     return tf.shape(tf.nest.flatten(x)[0])[0]
 
@@ -126,19 +151,22 @@ def _resolve_loss_fn(model, loss_fn):
 
     def mean_loss(y, y_pred, sample_weight=None):
         # The "sum_over_batch_size" reduction of Keras losses.
-        values = tf.convert_to_tensor(loss_fn(y, y_pred))
+        ops = keras.ops
+        values = ops.convert_to_tensor(loss_fn(y, y_pred))
         if sample_weight is not None:
-            weight = tf.cast(sample_weight, values.dtype)
-            while weight.shape.rank < values.shape.rank:
-                weight = weight[..., None]
+            weight = ops.cast(sample_weight, values.dtype)
+            while ops.ndim(weight) < ops.ndim(values):
+                weight = ops.expand_dims(weight, -1)
             values = values * weight
-        return tf.reduce_sum(values) / tf.cast(tf.size(values), values.dtype)
+        return ops.sum(values) / ops.cast(ops.size(values), values.dtype)
 
     return mean_loss
 
 
 class StatelessLoss:
     """The loss of `model` as a pure function of its weight values.
+
+    Backend-neutral: it runs on TensorFlow, JAX and PyTorch.
 
     Args:
         model: A built Keras model (compiled or not).
@@ -153,7 +181,8 @@ class StatelessLoss:
     >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     >>> f = StatelessLoss(model, loss_fn="mse")
     >>> trainable, non_trainable = f.values()
-    >>> loss = f(trainable, non_trainable, tf.ones((4, 2)), tf.ones((4, 1)))
+    >>> x, y = np.ones((4, 2), "float32"), np.ones((4, 1), "float32")
+    >>> loss = f(trainable, non_trainable, x, y)
     >>> tuple(loss.shape)
     ()
     """
@@ -175,9 +204,10 @@ class StatelessLoss:
     def values(self) -> tuple:
         """The model's current (trainable, non-trainable) values as tensors."""
         # Snapshots (copies), not references to the variables.
+        copy = keras.ops.copy
         return (
-            [tf.identity(v.value) for v in self.model.trainable_variables],
-            [tf.identity(v.value) for v in self.model.non_trainable_variables],
+            [copy(v.value) for v in self.model.trainable_variables],
+            [copy(v.value) for v in self.model.non_trainable_variables],
         )
 
     def __call__(self, trainable, non_trainable, x, y, sample_weight=None):
@@ -216,6 +246,7 @@ def loss_and_gradient(loss, trainable, non_trainable, x, y, sample_weight):
     >>> float(value), [g.numpy().ravel().tolist() for g in grads]
     (1.0, [[2.0], [2.0]])
     """
+    check_backend("loss_and_gradient")
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(trainable)
         value = loss(trainable, non_trainable, x, y, sample_weight)
@@ -303,6 +334,7 @@ class DatasetLoss:
     """
 
     def __init__(self, model, data, loss_fn=None, batch_size: int = 128):
+        check_backend(type(self).__name__)
         self.loss = StatelessLoss(model, loss_fn)
         self.dataset = as_dataset(data, batch_size)
         self.trainable, self.non_trainable = self.loss.values()
@@ -334,5 +366,6 @@ def evaluate_loss(model, data, loss_fn=None, batch_size: int = 128) -> float:
     >>> evaluate_loss(model, data, loss_fn="mse")
     1.0
     """
+    check_backend("evaluate_loss")
     loss = DatasetLoss(model, data, loss_fn, batch_size)
     return loss(loss.trainable)

@@ -4,15 +4,20 @@
 noise is applied, so that a rho search validates on clean labels (Foret et
 al. appendix C.1). `noisy_dataset` applies noise to a `tf.data` pipeline
 and checks, element by element, that the order the noise was drawn in
-still holds.
+still holds; it needs TensorFlow installed (for `tf.data`), on any Keras
+backend, and imports it when called.
 """
 
 from typing import NamedTuple
 
 import numpy as np
-import tensorflow as tf
 
+from keras_sam import _optional
 from keras_sam.noise.labels import NoisyLabels
+
+_NEEDS_TENSORFLOW = "keras_sam.noise.noisy_dataset (tf.data)"
+# Imported at first use (`noisy_dataset`): the module imports without it.
+tf = _optional.LazyTensorFlow(_NEEDS_TENSORFLOW)
 
 
 class Split(NamedTuple):
@@ -74,7 +79,7 @@ def noisy_dataset(dataset, noise):
     `as_supervised=True, shuffle_files=False`). The returned dataset yields
     `(x, noisy_y)`; each element checks that the dataset still gives the
     clean label it had when the noise was drawn, and fails if the order
-    changed.
+    changed. It needs TensorFlow installed, whatever Keras' backend.
 
     Args:
         dataset: A `tf.data.Dataset` of `(x, y)` with scalar integer `y`.
@@ -95,6 +100,7 @@ def noisy_dataset(dataset, noise):
     References:
         Baek et al. 2024, appendix A.1; Foret et al. 2021, section 3.3.
     """
+    _optional.import_tensorflow(_NEEDS_TENSORFLOW)  # first: says what to add
     clean = _clean_labels(dataset)
     record = noise(clean) if callable(noise) else noise
     if not isinstance(record, NoisyLabels):

@@ -1,0 +1,260 @@
+"""SAMModel on one Keras backend, recorded for `tests/test_cross_backend.py`.
+
+Run as `KERAS_BACKEND=<name> python -m tests.backend_run OUT [LOAD]` (a
+process per backend: Keras picks its backend once). It imports no
+TensorFlow on JAX and PyTorch, and writes to the folder OUT:
+
+- `cases.npz` + `cases.json`: the oracle matrix's cases
+  (`tests/matrix_cases.py`) that this backend runs: each model's initial
+  and trained variables and its logs after one `fit` step, which the test
+  checks against the float64 oracle on TensorFlow;
+- `twins.json`: rho = 0 twins against `keras.Model` on this backend (the
+  drop-in rule): functional, Sequential, subclass and `from_model`, with
+  dropout and BatchNorm, two epochs; bit-exact weights, History,
+  evaluate, predict;
+- `refusals.json`: the message of each option the backend refuses;
+- `saved.keras`: a trained SAMModel; with LOAD, the `.keras` file another
+  backend saved is loaded and trained one more epoch here;
+- `callbacks.json`: rho from `RhoScheduler`, a `.keras` round trip of
+  the SAM config.
+"""
+
+import json
+import os
+import sys
+
+import keras
+import numpy as np
+
+import keras_sam
+from tests import matrix_cases
+
+# The cases each backend runs: every family with plain SAM, every option
+# the functional step has on the Dense family, and the grouped and
+# statistics options on the families where they differ.
+CASES = (
+    [(family, "sam") for family in matrix_cases.FAMILIES]
+    + [("dense", option) for option in
+       ("p_inf", "asam", "sparse_fisher", "m2", "m3_with_leftover", "m1",
+        "ascent_steps_2", "second_order")]
+    + [("batch_normalization", o) for o in
+       ("m2", "m3_with_leftover", "asam", "second_order")]
+    + [("embedding", o) for o in ("m2", "p_inf", "sparse_fisher")]
+    + [("layer_normalization", "m1"), ("conv2d", "m2"),
+       ("multi_head_attention", "m3_with_leftover")]
+)
+REFUSED_OPTIONS = {
+    "logit": {"gradient_rule": "logit"},
+    "sam_every": {"sam_every": 2},
+    "adaptive_trigger": {"trigger": "adaptive"},
+    "looksam": {"sam_every": 2, "off_step": "looksam"},
+    "momentum": {"perturbation": "momentum"},
+    "synced_statistics": {"sync_moving_statistics": True},
+}
+
+
+def numpy(variables) -> list:
+    return [np.asarray(keras.ops.convert_to_numpy(v)) for v in variables]
+
+
+def run_cases(out):
+    arrays, index = {}, {}
+    for family, option in CASES:
+        name = f"{family}-{option}"
+        x, y = matrix_cases.batch(family)
+        model = matrix_cases.sam_model(family, matrix_cases.OPTIONS[option])
+        before = numpy(model.trainable_variables + model.non_trainable_variables)
+        logs = matrix_cases.train_one_step(model, x, y)
+        after_t = numpy(model.trainable_variables)
+        after_n = numpy(model.non_trainable_variables)
+        for prefix, values in (("initial", before), ("trainable", after_t),
+                               ("state", after_n)):
+            for i, value in enumerate(values):
+                arrays[f"{name}/{prefix}/{i}"] = value
+        index[name] = {
+            "family": family, "option": option,
+            "counts": [len(before), len(after_t), len(after_n)],
+            "logs": {k: float(v) for k, v in logs.items()},
+        }
+    np.savez(os.path.join(out, "cases.npz"), **arrays)
+    with open(os.path.join(out, "cases.json"), "w") as f:
+        json.dump(index, f)
+
+
+# ------------------------------------------------------------------ twins
+
+
+def _layers():
+    return [
+        keras.layers.Dense(8, activation="relu"),
+        keras.layers.BatchNormalization(),
+        keras.layers.Dropout(0.3, seed=3),
+        keras.layers.Dense(3),
+    ]
+
+
+def _subclass_of(base):
+    """A subclass of `base` that calls `_layers()` in turn."""
+
+    class Net(base):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.stack = _layers()
+
+        def call(self, x, training=False):
+            for layer in self.stack:
+                x = layer(x, training=training)
+            return x
+
+    return Net
+
+
+_Net = _subclass_of(keras.Model)
+_SAMNet = _subclass_of(keras_sam.SAMModel)
+
+
+def _functional(sam):
+    inputs = keras.Input((4,))
+    x = inputs
+    for layer in _layers():
+        x = layer(x)
+    if sam:
+        return keras_sam.SAMModel(inputs, x, rho=0.0)
+    return keras.Model(inputs, x)
+
+
+BUILDS = {
+    "functional": _functional,
+    "sequential": lambda sam: _wrap(
+        keras.Sequential([keras.Input((4,)), *_layers()]), sam),
+    "lazy_sequential": lambda sam: _wrap(keras.Sequential(_layers()), sam),
+    "subclass": lambda sam: _SAMNet(rho=0.0) if sam else _Net(),
+    "from_subclass": lambda sam: _wrap(_Net(), sam),
+}
+
+
+def _wrap(model, sam):
+    return keras_sam.SAMModel.from_model(model, rho=0.0) if sam else model
+
+
+def _twin_run(build, sam, x, y):
+    keras.utils.set_random_seed(11)
+    model = build(sam)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False,
+                        verbose=0)
+    logs = {k: v for k, v in history.history.items()
+            if k not in ("rho", "grad_norm", "sharpness")}
+    return {
+        "weights": numpy(model.weights),
+        "history": logs,
+        "sam_keys": sorted(set(history.history) - set(logs)),
+        "evaluate": model.evaluate(x, y, verbose=0, return_dict=True),
+        "predict": np.asarray(model.predict(x, verbose=0)),
+    }
+
+
+def run_twins(out):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 4)).astype("float32")  # 16 + 16 + 8
+    y = rng.integers(0, 3, size=40).astype("int32")
+    report = {}
+    for name, build in BUILDS.items():
+        plain, sam = (_twin_run(build, s, x, y) for s in (False, True))
+        weights = max(
+            float(np.max(np.abs(a - b)))
+            for a, b in zip(plain["weights"], sam["weights"])
+        )
+        report[name] = {
+            "weights_max_diff": weights,
+            "history_equal": plain["history"] == sam["history"],
+            "evaluate_equal": plain["evaluate"] == sam["evaluate"],
+            "predict_equal": bool(np.array_equal(plain["predict"],
+                                                 sam["predict"])),
+            "sam_keys": sam["sam_keys"],
+            "history": [plain["history"], sam["history"]],
+        }
+    with open(os.path.join(out, "twins.json"), "w") as f:
+        json.dump(report, f)
+
+
+# ------------------------------------------------------- refusals, files
+
+
+def run_refusals(out):
+    report = {}
+    for name, options in REFUSED_OPTIONS.items():
+        inputs = keras.Input((4,))
+        outputs = keras.layers.Dense(3)(inputs)
+        try:
+            keras_sam.SAMModel(inputs, outputs, **options)
+            report[name] = None
+        except ValueError as error:
+            report[name] = str(error)
+    with open(os.path.join(out, "refusals.json"), "w") as f:
+        json.dump(report, f)
+
+
+def data():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(32, 4)).astype("float32")
+    return x, (x[:, 0] > 0).astype("int32")
+
+
+def run_files(out, load):
+    x, y = data()
+    report = {}
+    if load:  # another backend's file: load, train on
+        model = keras.models.load_model(load)
+        report["loaded_class"] = type(model).__name__
+        report["loaded_config"] = model.get_sam_config()
+        before = numpy(model.trainable_variables)
+        history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+        report["loaded_history"] = history.history
+        report["loaded_moved"] = any(
+            not np.array_equal(a, b)
+            for a, b in zip(before, numpy(model.trainable_variables))
+        )
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    model = keras_sam.SAMModel(
+        inputs, keras.layers.Dense(2)(hidden), rho=0.1, m=4, adaptive=True
+    )
+    model.compile(optimizer="adam", loss=keras.losses.
+                  SparseCategoricalCrossentropy(from_logits=True))
+    schedule = keras_sam.RhoScheduler(lambda epoch: 0.1 * (epoch + 1))
+    history = model.fit(x, y, batch_size=8, epochs=3, verbose=0,
+                        callbacks=[schedule])
+    report["scheduled_rho"] = history.history["rho"]
+    report["rho_after"] = float(keras.ops.convert_to_numpy(model.rho))
+    path = os.path.join(out, "saved.keras")
+    model.save(path)
+    reloaded = keras.models.load_model(path)
+    report["reloaded_config"] = reloaded.get_sam_config()
+    report["reloaded_predict_equal"] = bool(np.array_equal(
+        reloaded.predict(x, verbose=0), model.predict(x, verbose=0)))
+    with open(os.path.join(out, "files.json"), "w") as f:
+        json.dump(report, f)
+
+
+def main(argv):
+    out = argv[1]
+    load = argv[2] if len(argv) > 2 else None
+    os.makedirs(out, exist_ok=True)
+    run_refusals(out)
+    run_files(out, load)
+    run_twins(out)
+    run_cases(out)
+    with open(os.path.join(out, "done.json"), "w") as f:
+        json.dump({"backend": keras.backend.backend(),
+                   "tensorflow_imported":
+                   sys.modules.get("tensorflow") is not None}, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

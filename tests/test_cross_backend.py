@@ -1,0 +1,187 @@
+"""SAMModel on JAX and PyTorch: the hand computation, the twins, files.
+
+Each backend runs `tests/backend_run.py` in a process of its own, with
+TensorFlow made unimportable there (as on a machine without it). This
+TensorFlow process then checks what it recorded:
+
+- every oracle-matrix case it ran against the float64 oracle
+  (`tests/oracle.py`) from the same initial weights: trained weights,
+  moving statistics, `grad_norm` and `sharpness`, to the matrix's
+  tolerance;
+- rho = 0 twins against `keras.Model` on that backend: bit-exact weights,
+  History, evaluate and predict, for five ways of building a model;
+- the options that backend refuses, refused at construction with its name;
+- `.keras` files across backends: PyTorch loads and trains on JAX's file,
+  TensorFlow on both; a `RhoScheduler` sets rho on each.
+"""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import keras
+import numpy as np
+import pytest
+
+from tests import backend_run
+from tests import matrix_cases
+from tests import oracle
+from tests.core.test_oracle_matrix import assert_all_close
+
+# A process per backend, run once: every test of this module on one
+# pytest-xdist worker (`make test` distributes with --dist loadgroup).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cross_backend")]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BACKENDS = ("jax", "torch")
+# The process's first lines: TensorFlow cannot be imported (as if it were
+# not installed), then the runner.
+NO_TENSORFLOW = (
+    "import sys, runpy; "
+    "sys.modules.update(tensorflow=None, tf_keras=None); "
+    "runpy.run_module('tests.backend_run', run_name='__main__')"
+)
+
+
+@functools.lru_cache(maxsize=None)
+def recorded(backend) -> str:
+    """The folder `tests/backend_run.py` wrote on `backend` (run once).
+    PyTorch's run loads and trains on the file JAX's run saved."""
+    load = []
+    if backend == "torch":
+        load = [os.path.join(recorded("jax"), "saved.keras")]
+    out = tempfile.mkdtemp(prefix=f"keras_sam-{backend}-")
+    env = dict(os.environ, KERAS_BACKEND=backend, CUDA_VISIBLE_DEVICES="",
+               JAX_PLATFORMS="cpu")
+    result = subprocess.run(
+        [sys.executable, "-c", NO_TENSORFLOW, out, *load], cwd=ROOT,
+        env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return out
+
+
+def read_json(backend, name):
+    with open(os.path.join(recorded(backend), name)) as f:
+        return json.load(f)
+
+
+def test_the_runs_had_no_tensorflow():
+    for backend in BACKENDS:
+        done = read_json(backend, "done.json")
+        assert done == {"backend": backend, "tensorflow_imported": False}
+
+
+# ----------------------------------------------------- the oracle matrix
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "family, option", backend_run.CASES,
+    ids=[f"{f}-{o}" for f, o in backend_run.CASES],
+)
+def test_one_step_matches_the_float64_oracle(backend, family, option):
+    name = f"{family}-{option}"
+    case = read_json(backend, "cases.json")[name]
+    arrays = np.load(os.path.join(recorded(backend), "cases.npz"))
+    initial, trainable, state = (
+        [arrays[f"{name}/{part}/{i}"] for i in range(count)]
+        for part, count in zip(("initial", "trainable", "state"),
+                               case["counts"])
+    )
+    options = matrix_cases.OPTIONS[option]
+    x, y = matrix_cases.batch(family)
+    # The same architecture on TensorFlow, at the backend's initial values.
+    model = matrix_cases.sam_model(family, options)
+    variables = model.trainable_variables + model.non_trainable_variables
+    assert [tuple(v.shape) for v in variables] == [a.shape for a in initial]
+    for v, value in zip(variables, initial):
+        v.assign(value.astype(v.dtype))
+    twin = oracle.Oracle(oracle.float64_twin(
+        lambda: keras.Model(*matrix_cases.FAMILIES[family].graph()), model
+    ))
+    # JAX and PyTorch differentiate BatchNorm's variance fully (second
+    # order: TensorFlow's differs, see `oracle.exact_moments`).
+    with oracle.exact_moments():
+        expected = oracle.sam_step(twin, x, y, matrix_cases.RHO, **options)
+
+    names = [v.path for v in model.trainable_variables]
+    assert_all_close(names, trainable,
+                     oracle.sgd_weights(twin, expected.sam_grads),
+                     f"{backend}: trained weights")
+    assert_all_close([v.path for v in model.non_trainable_variables], state,
+                     expected.state, f"{backend}: moving statistics")
+    tolerance = dict(rtol=matrix_cases.RTOL, atol=matrix_cases.ATOL)
+    np.testing.assert_allclose(case["logs"]["grad_norm"],
+                               expected.grad_norm, **tolerance)
+    np.testing.assert_allclose(case["logs"]["sharpness"],
+                               expected.sharpness, **tolerance)
+
+
+# ------------------------------------------------------------------ twins
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("build", sorted(backend_run.BUILDS))
+def test_rho_zero_is_keras_model_bit_for_bit(backend, build):
+    twin = read_json(backend, "twins.json")[build]
+    assert twin["weights_max_diff"] == 0.0
+    assert twin["history_equal"], twin["history"]
+    assert twin["evaluate_equal"]
+    assert twin["predict_equal"]
+    assert twin["sam_keys"] == ["grad_norm", "rho", "sharpness"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_options_the_backend_lacks_are_refused_by_name(backend):
+    refusals = read_json(backend, "refusals.json")
+    assert set(refusals) == set(backend_run.REFUSED_OPTIONS)
+    for name, message in refusals.items():
+        assert message is not None, f"{name} was not refused on {backend}"
+        assert f"the {backend} backend" in message
+        assert "KERAS_BACKEND=tensorflow" in message
+        for key in backend_run.REFUSED_OPTIONS[name]:
+            assert key in message
+
+
+# ------------------------------------------------------------------ files
+
+
+SAVED = {"rho": 0.3, "m": 4, "adaptive": True}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rho_schedule_and_the_keras_file(backend):
+    files = read_json(backend, "files.json")
+    np.testing.assert_allclose(files["scheduled_rho"], [0.1, 0.2, 0.3],
+                               rtol=1e-6)
+    config = files["reloaded_config"]
+    assert {k: config[k] for k in SAVED} == pytest.approx(SAVED)
+    assert files["reloaded_predict_equal"]
+
+
+def test_torch_trains_on_a_file_jax_saved():
+    files = read_json("torch", "files.json")
+    assert files["loaded_class"] == "FunctionalSAMModel"
+    config = files["loaded_config"]
+    assert {k: config[k] for k in SAVED} == pytest.approx(SAVED)
+    assert files["loaded_moved"]
+    assert np.isfinite(files["loaded_history"]["loss"]).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tensorflow_trains_on_a_file_another_backend_saved(backend):
+    model = keras.models.load_model(
+        os.path.join(recorded(backend), "saved.keras"))
+    assert {k: model.get_sam_config()[k] for k in SAVED} == pytest.approx(
+        SAVED)
+    x, y = backend_run.data()
+    before = [v.numpy() for v in model.trainable_variables]
+    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert history.history["rho"] == pytest.approx([0.3])
+    assert any(not np.array_equal(a, v.numpy())
+               for a, v in zip(before, model.trainable_variables))
