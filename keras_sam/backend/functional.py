@@ -41,6 +41,9 @@ class Transforms(NamedTuple):
     # normal(model, options) -> normal(shapes, kind): N(0, 1) draws that
     # depend only on the seed, the step and the kind ("random", "mask")
     normal: Callable
+    # default_m(n) -> the group size without `m` for a batch of n (the
+    # examples on one device under data parallelism), or None
+    default_m: Callable = lambda n: None
 
 
 def make_evaluate(model, state: list, transforms: Transforms):
@@ -106,7 +109,7 @@ def sam_gradients(
         transforms.normal(model, options),
         [v.name for v in model.trainable_variables],
     )
-    m = group_size(model, options.m, x)
+    m = group_size(model, options.m, x, transforms.default_m)
     if m is None:
         first, grads, loss2 = _sam_pass(
             model, evaluate, weights, batch, options, rho, inputs, transforms
@@ -266,14 +269,19 @@ def batch_size(structure) -> int:
     return int(first.shape[0])
 
 
-def group_size(model, m, x):
+def group_size(model, m, x, default_m=lambda n: None):
     """The `m` to split the batch by, or None when it is one group.
+
+    Without `m`, `default_m(n)` decides (data parallelism: each device's
+    examples are a group).
 
     Raises:
         ValueError: m=1 on a model with BatchNormalization (a batch of one).
     """
+    n = batch_size(x)
     if m is None:
-        return None
+        m = default_m(n)
+        return m if m is not None and m < n else None
     if m == 1:
         for layer in _keras.flatten_layers(model):
             if isinstance(layer, keras.layers.BatchNormalization):
@@ -283,7 +291,7 @@ def group_size(model, m, x):
                     "model with LayerNormalization or GroupNormalization "
                     "(as Baek et al. do), or m >= 2."
                 )
-    return None if batch_size(x) <= m else m
+    return None if n <= m else m
 
 
 def _norm(model, first):

@@ -26,7 +26,41 @@ def _value_and_grad(f):
     return jax.value_and_grad(f, has_aux=True)
 
 
+def _batch_shards():
+    """`(distribution, shards)`: the active `keras.distribution` and how
+    many ways it splits the batch, or `(None, 1)`."""
+    distribution = keras.distribution.distribution()
+    name = getattr(distribution, "batch_dim_name", None)
+    if name is None:
+        return None, 1
+    mesh = distribution.device_mesh
+    return distribution, mesh.shape[list(mesh.axis_names).index(name)]
+
+
+def _default_m(n):
+    """Under data parallelism, each device's examples: m-sharpness with
+    m = the per-device batch, as each replica under tf.distribute (a
+    batch that does not split evenly is one group)."""
+    _, shards = _batch_shards()
+    return n // shards if shards > 1 and n % shards == 0 else None
+
+
 def _map_groups(fn, groups):
+    """`jax.vmap` over the group axis; under data parallelism that axis is
+    laid out over the batch's devices, so each group's ascent (its eps
+    from its own gradient) stays on its device: only the descent
+    gradients are reduced across devices."""
+    distribution, shards = _batch_shards()
+    count = functional.batch_size(groups)
+    if shards > 1 and count % shards == 0:
+        def on_devices(t):
+            layout = keras.distribution.TensorLayout(
+                [distribution.batch_dim_name] + [None] * (len(t.shape) - 1),
+                distribution.device_mesh,
+            )
+            return keras.distribution.distribute_tensor(t, layout)
+
+        groups = keras.tree.map_structure(on_devices, groups)
     return jax.vmap(fn)(groups)
 
 
@@ -50,7 +84,9 @@ def _normal(model, options):
     return normal
 
 
-TRANSFORMS = functional.Transforms(_value_and_grad, _map_groups, _normal)
+TRANSFORMS = functional.Transforms(
+    _value_and_grad, _map_groups, _normal, _default_m
+)
 
 sam_gradients = functools.partial(
     functional.sam_gradients, transforms=TRANSFORMS
