@@ -31,7 +31,20 @@ def _stderr_silenced():
 
 def quiet_tensorflow_startup():
     """Imports TensorFlow and lists its devices without start-up lines;
-    does nothing once TensorFlow is imported (its lines are printed)."""
+    does nothing once TensorFlow is imported (its lines are printed).
+
+    On the JAX backend (`KERAS_BACKEND=jax`) JAX's device discovery is
+    quieted the same way (its INFO line about a missing TPU library).
+    """
+    if os.environ.get("KERAS_BACKEND") == "jax" and "jax" not in sys.modules:
+        with _stderr_silenced():
+            try:
+                import jax
+
+                jax.devices()
+            except Exception:  # noqa: BLE001 - raised again, below
+                pass
+        import jax  # noqa: F401 - a failed import fails here, loudly
     if "tensorflow" in sys.modules:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -15,8 +15,9 @@ TensorFlow on JAX and PyTorch, and writes to the folder OUT:
 - `refusals.json`: the message of each option the backend refuses;
 - `saved.keras`: a trained SAMModel; with LOAD, the `.keras` file another
   backend saved is loaded and trained one more epoch here;
-- `callbacks.json`: rho from `RhoScheduler`, a `.keras` round trip of
-  the SAM config.
+- `files.json`: rho from `RhoScheduler`, a `.keras` round trip of
+  the SAM config;
+- `tuner.json`: `keras_sam.grid_search` (KerasTuner) over two rho.
 """
 
 import json
@@ -84,11 +85,13 @@ def run_cases(out):
 # ------------------------------------------------------------------ twins
 
 
-def _layers():
+def _layers(seed=3):
+    """Dense, BatchNorm, Dropout (unseeded with `seed=None`: PyTorch then
+    draws from its global generator), Dense."""
     return [
         keras.layers.Dense(8, activation="relu"),
         keras.layers.BatchNormalization(),
-        keras.layers.Dropout(0.3, seed=3),
+        keras.layers.Dropout(0.3, seed=seed),
         keras.layers.Dense(3),
     ]
 
@@ -113,10 +116,10 @@ _Net = _subclass_of(keras.Model)
 _SAMNet = _subclass_of(keras_sam.SAMModel)
 
 
-def _functional(sam):
+def _functional(sam, seed=3):
     inputs = keras.Input((4,))
     x = inputs
-    for layer in _layers():
+    for layer in _layers(seed):
         x = layer(x)
     if sam:
         return keras_sam.SAMModel(inputs, x, rho=0.0)
@@ -125,6 +128,7 @@ def _functional(sam):
 
 BUILDS = {
     "functional": _functional,
+    "unseeded_dropout": lambda sam: _functional(sam, seed=None),
     "sequential": lambda sam: _wrap(
         keras.Sequential([keras.Input((4,)), *_layers()]), sam),
     "lazy_sequential": lambda sam: _wrap(keras.Sequential(_layers()), sam),
@@ -242,12 +246,33 @@ def run_files(out, load):
         json.dump(report, f)
 
 
+def run_tuner(out):
+    """KerasTuner's grid over rho (`keras_sam.grid_search`), two trials."""
+    import tempfile
+
+    def build():
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        model.compile(optimizer="sgd", metrics=["accuracy"], loss=keras.
+                      losses.SparseCategoricalCrossentropy(from_logits=True))
+        return model
+
+    x, y = data()
+    result = keras_sam.grid_search(
+        build, x, y, directory=tempfile.mkdtemp(), rho_values=[0.05, 0.1],
+        epochs=1, batch_size=8, verbose=0,
+    )
+    with open(os.path.join(out, "tuner.json"), "w") as f:
+        json.dump({"trials": len(result.trials),
+                   "best_rho": result.best_rho}, f)
+
+
 def main(argv):
     out = argv[1]
     load = argv[2] if len(argv) > 2 else None
     os.makedirs(out, exist_ok=True)
     run_refusals(out)
     run_files(out, load)
+    run_tuner(out)
     run_twins(out)
     run_cases(out)
     with open(os.path.join(out, "done.json"), "w") as f:

@@ -12,7 +12,8 @@ TensorFlow process then checks what it recorded:
   History, evaluate and predict, for five ways of building a model;
 - the options that backend refuses, refused at construction with its name;
 - `.keras` files across backends: PyTorch loads and trains on JAX's file,
-  TensorFlow on both; a `RhoScheduler` sets rho on each.
+  TensorFlow on both; a `RhoScheduler` sets rho on each; KerasTuner's
+  grid over rho runs on each.
 """
 
 import functools
@@ -185,3 +186,10 @@ def test_tensorflow_trains_on_a_file_another_backend_saved(backend):
     assert history.history["rho"] == pytest.approx([0.3])
     assert any(not np.array_equal(a, v.numpy())
                for a, v in zip(before, model.trainable_variables))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_rho_grid_search_runs(backend):
+    tuner = read_json(backend, "tuner.json")
+    assert tuner["trials"] == 2
+    assert tuner["best_rho"] in (0.05, 0.1)

@@ -19,7 +19,7 @@ gives Keras' gradient bit for bit at the cost of a second pass (and one
 trace, not two).
 """
 
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import keras
 from keras import ops
@@ -44,6 +44,9 @@ class Transforms(NamedTuple):
     # default_m(n) -> the group size without `m` for a batch of n (the
     # examples on one device under data parallelism), or None
     default_m: Callable = lambda n: None
+    # (get, set) of the backend's global random state, which unseeded
+    # layers draw from (PyTorch's unseeded Dropout), or None
+    global_random: Optional[tuple] = None
 
 
 def make_evaluate(model, state: list, transforms: Transforms):
@@ -70,8 +73,14 @@ def make_evaluate(model, state: list, transforms: Transforms):
         scaled = optimizer.scale_loss(loss) if optimizer else loss
         return scaled, (loss, y_pred, updates)
 
+    draws = _SharedDraws(transforms.global_random)
+
     def evaluate(weights, batch, output_grads=False, need_grads=True):
         del output_grads  # L-SAM/J-SAM: TensorFlow only (refused before)
+        with draws:
+            return _evaluate(weights, batch, need_grads)
+
+    def _evaluate(weights, batch, need_grads):
         if not need_grads:
             _, (loss, y_pred, updates) = forward(weights, batch)
             return step.Pass(loss, None, y_pred, updates)
@@ -79,7 +88,32 @@ def make_evaluate(model, state: list, transforms: Transforms):
         (_, (loss, y_pred, updates)), grads = grad_fn(list(weights))
         return step.Pass(loss, list(grads), y_pred, updates)
 
+    evaluate.draws = draws
     return evaluate
+
+
+class _SharedDraws:
+    """Every pass of a step draws what the first pass drew from the
+    backend's global random state; after the step that state is where the
+    first pass left it, as after Keras' own single pass."""
+
+    def __init__(self, global_random):
+        self.get, self.set = global_random or (None, None)
+        self.start = None if self.get is None else self.get()
+        self.after_first = None
+
+    def __enter__(self):
+        if self.start is not None:
+            self.set(self.start)
+
+    def __exit__(self, *error):
+        if self.start is not None and self.after_first is None:
+            self.after_first = self.get()
+
+    def finish(self):
+        """Leaves the global random state as the first pass left it."""
+        if self.after_first is not None:
+            self.set(self.after_first)
 
 
 def sam_gradients(
@@ -122,6 +156,7 @@ def sam_gradients(
             model, evaluate, weights, batch, options, rho, inputs, transforms,
             m, state,
         )
+    evaluate.draws.finish()
     for i, value in result.updates.items():
         state[i].assign(value)
     loss, loss2, norm = result.stats

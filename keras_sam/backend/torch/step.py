@@ -58,7 +58,24 @@ def _normal(model, options):
     return normal
 
 
-TRANSFORMS = functional.Transforms(_value_and_grad, _map_groups, _normal)
+def _get_random_state():
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_random_state(state):
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+
+
+# Keras' torch Dropout without a seed draws from torch's global generator
+# (`torch.nn.functional.dropout`): both passes must see the same masks.
+TRANSFORMS = functional.Transforms(
+    _value_and_grad, _map_groups, _normal,
+    global_random=(_get_random_state, _set_random_state),
+)
 
 sam_gradients = functools.partial(
     functional.sam_gradients, transforms=TRANSFORMS
