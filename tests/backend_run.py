@@ -37,15 +37,15 @@ CASES = (
     [(family, "sam") for family in matrix_cases.FAMILIES]
     + [("dense", option) for option in
        ("p_inf", "asam", "sparse_fisher", "m2", "m3_with_leftover", "m1",
-        "ascent_steps_2", "second_order")]
+        "ascent_steps_2", "second_order", "logit", "jacobian")]
     + [("batch_normalization", o) for o in
        ("m2", "m3_with_leftover", "asam", "second_order")]
     + [("embedding", o) for o in ("m2", "p_inf", "sparse_fisher")]
     + [("layer_normalization", "m1"), ("conv2d", "m2"),
+       ("layer_normalization", "logit"), ("embedding", "jacobian"),
        ("multi_head_attention", "m3_with_leftover")]
 )
 REFUSED_OPTIONS = {
-    "logit": {"gradient_rule": "logit"},
     "sam_every": {"sam_every": 2},
     "adaptive_trigger": {"trigger": "adaptive"},
     "looksam": {"sam_every": 2, "off_step": "looksam"},

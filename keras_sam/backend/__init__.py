@@ -26,14 +26,13 @@ import keras
 BACKENDS = ("tensorflow", "jax", "torch")
 
 # Options only the TensorFlow step has, with the value that switches each
-# off. They keep state between steps (the cheap-SAM policies), split
-# gradients at the logits, or average across tf.distribute replicas.
+# off. They keep state between steps (the cheap-SAM policies) or average
+# across tf.distribute replicas.
 TENSORFLOW_ONLY = {
     "sam_every": 1,
     "sam_from": 0,
     "trigger": "always",
     "off_step": "base",
-    "gradient_rule": "sam",
     "sync_moving_statistics": False,
 }
 
@@ -78,7 +77,7 @@ def check_options(options) -> None:
         settings = ", ".join(f"{k}={v!r}" for k, v in refused.items())
         raise ValueError(
             f"{settings}: not available on the {backend} backend yet (the "
-            "options that keep state between steps, L-SAM/J-SAM and "
-            "replica-synced statistics run on TensorFlow only). Use "
+            "options that keep state between steps and replica-synced "
+            "statistics run on TensorFlow only). Use "
             "KERAS_BACKEND=tensorflow, or leave the option at its default."
         )

@@ -76,17 +76,59 @@ def make_evaluate(model, state: list, transforms: Transforms):
     draws = _SharedDraws(transforms.global_random)
 
     def evaluate(weights, batch, output_grads=False, need_grads=True):
-        del output_grads  # L-SAM/J-SAM: TensorFlow only (refused before)
         with draws:
-            return _evaluate(weights, batch, need_grads)
+            return _evaluate(weights, batch, output_grads, need_grads)
 
-    def _evaluate(weights, batch, need_grads):
+    def _evaluate(weights, batch, output_grads, need_grads):
         if not need_grads:
             _, (loss, y_pred, updates) = forward(weights, batch)
             return step.Pass(loss, None, y_pred, updates)
         grad_fn = transforms.value_and_grad(lambda w: forward(w, batch))
         (_, (loss, y_pred, updates)), grads = grad_fn(list(weights))
-        return step.Pass(loss, list(grads), y_pred, updates)
+        if not output_grads:
+            return step.Pass(loss, list(grads), y_pred, updates)
+        return step.Pass(
+            loss, list(grads), y_pred, updates,
+            output_gradient(weights, batch, y_pred),
+            lambda cotangents: vjp(weights, batch, cotangents),
+        )
+
+    def output_gradient(weights, batch, y_pred):
+        """d loss / d outputs (flat): the compiled loss of `y_pred` (the
+        model's own losses do not depend on the outputs)."""
+        x, y, sample_weight = batch
+        mapping = [(v, v.value) for v in state] + list(zip(variables, weights))
+
+        def data_loss(outputs):
+            with keras.StatelessScope(mapping):
+                loss = _keras.compute_loss(model, x, y, outputs,
+                                           sample_weight)
+            scaled = optimizer.scale_loss(loss) if optimizer else loss
+            return scaled, scaled
+
+        (_, _), grads = transforms.value_and_grad(data_loss)(y_pred)
+        return keras.tree.flatten(grads)
+
+    def vjp(weights, batch, cotangents):
+        """d/dw of <cotangents, f(w)> plus the model's own losses."""
+        x = batch[0]
+
+        def surrogate(ws):
+            mapping = [(v, v.value) for v in state] + list(zip(variables, ws))
+            with keras.StatelessScope(mapping, collect_losses=True):
+                y_pred = model(x, training=True) if training else model(x)
+                own = [_keras.additional_loss(model, l) for l in model.losses]
+            total = sum(
+                ops.sum(ops.stop_gradient(c) * ops.cast(o, c.dtype))
+                for c, o in zip(cotangents, keras.tree.flatten(y_pred))
+            )
+            for loss in own:
+                total = total + (optimizer.scale_loss(loss) if optimizer
+                                 else loss)
+            return total, total
+
+        (_, _), grads = transforms.value_and_grad(surrogate)(list(weights))
+        return list(grads)
 
     evaluate.draws = draws
     return evaluate
@@ -135,6 +177,7 @@ def sam_gradients(
         A `step.StepResult`, and `[]` (nothing deferred).
     """
     del step_state
+    step.check_logit_loss(model, options.gradient_rule)
     batch = (x, y, sample_weight)
     state = state_variables(model)
     evaluate = make_evaluate(model, state, transforms)

@@ -220,3 +220,16 @@ def zeros_for_none(grads, weights) -> list:
     return [
         ops.zeros_like(w) if g is None else g for g, w in zip(grads, weights)
     ]
+
+
+def check_logit_loss(model, rule):
+    """L-SAM and J-SAM split gradients at the logits: they need them."""
+    config = getattr(model.loss, "get_config", dict)()
+    if rule != "sam" and not config.get("from_logits", False):
+        raise ValueError(
+            f"gradient_rule={rule!r} splits each gradient into "
+            "dloss/dlogits and dlogits/dw, so the model must output "
+            "logits and the loss must take them: compile with e.g. "
+            "keras.losses.SparseCategoricalCrossentropy("
+            f"from_logits=True). Received: loss={model.loss!r}"
+        )

@@ -123,7 +123,7 @@ def sam_gradients(
         with `sync_statistics` after the optimizer step (`[]` unless
         `options.sync_moving_statistics`).
     """
-    _check_logit_loss(model, options.gradient_rule)
+    step.check_logit_loss(model, options.gradient_rule)
     policy.check_state(options, step_state)
     batch = (x, y, sample_weight)
     state = []
@@ -400,19 +400,6 @@ def _dense(grads) -> list:
     and a grouped step's mean gradient is dense where an embedding's own
     gradient is `tf.IndexedSlices`."""
     return [tf.convert_to_tensor(g) for g in grads]
-
-
-def _check_logit_loss(model, rule):
-    """L-SAM and J-SAM split gradients at the logits: they need them."""
-    config = getattr(model.loss, "get_config", dict)()
-    if rule != "sam" and not config.get("from_logits", False):
-        raise ValueError(
-            f"gradient_rule={rule!r} splits each gradient into "
-            "dloss/dlogits and dlogits/dw, so the model must output "
-            "logits and the loss must take them: compile with e.g. "
-            "keras.losses.SparseCategoricalCrossentropy("
-            f"from_logits=True). Received: loss={model.loss!r}"
-        )
 
 
 def _normal(model, options):
