@@ -231,8 +231,7 @@ class SAMModel(MultiWorkerFix, _keras.ClonedSettings, keras.Model):
         # Momentum-SAM's optimizer slots) needs the built model and
         # optimizer, and must be created outside the traced step; a new
         # train function (after `compile`) starts it afresh.
-        if (force or self.train_function is None) and backend.name() == (
-                "tensorflow"):
+        if force or self.train_function is None:
             self._sam.step_state = StepState(self, self.sam_options)
         # A user's own train_step (however it was defined) is checked: it
         # must call compute_sam_gradients, and gets SAM's logs if it does.

@@ -64,9 +64,15 @@ class SAMState:
 
     @property
     def variables(self) -> list:
-        """rho and the trackers' variables (state of Keras' JAX step)."""
+        """rho, the trackers' and the policy's variables (state of Keras'
+        JAX step)."""
+        policy = self.step_state
+        kept = [] if policy is None else [
+            v for group in (policy.trigger_stats, policy.direction,
+                            policy.mask) if group for v in group
+        ]
         return [self.rho, *self.grad_norm.variables,
-                *self.sharpness.variables]
+                *self.sharpness.variables, *kept]
 
     def logs(self) -> dict:
         return {

@@ -13,6 +13,8 @@ TensorFlow on JAX and PyTorch, and writes to the folder OUT:
   dropout and BatchNorm, two epochs; bit-exact weights, History,
   evaluate, predict;
 - `refusals.json`: the message of each option the backend refuses;
+- `policies.npz` + `policies.json`: the options that keep state between
+  steps (cheap SAMs, Momentum-SAM, a kept mask), four steps each;
 - `saved.keras`: a trained SAMModel; with LOAD, the `.keras` file another
   backend saved is loaded and trained one more epoch here;
 - `files.json`: rho from `RhoScheduler`, a `.keras` round trip of
@@ -46,16 +48,64 @@ CASES = (
        ("multi_head_attention", "m3_with_leftover")]
 )
 REFUSED_OPTIONS = {
-    "sam_every": {"sam_every": 2},
-    "adaptive_trigger": {"trigger": "adaptive"},
+    "synced_statistics": {"sync_moving_statistics": True},
+}
+# The options that keep state between steps, trained four steps (compared
+# with TensorFlow's step, which `tests/core/test_policy.py` checks).
+POLICIES = {
+    "sam_every2": {"sam_every": 2},
+    "late_phase": {"sam_from": 2},
+    "ae_sam": {"trigger": "adaptive"},
     "looksam": {"sam_every": 2, "off_step": "looksam"},
     "momentum": {"perturbation": "momentum"},
-    "synced_statistics": {"sync_moving_statistics": True},
+    "kept_mask": {"perturbed_fraction": 0.3, "mask_update_every": 2},
+    "m2_every2": {"m": 2, "sam_every": 2},
 }
 
 
 def numpy(variables) -> list:
     return [np.asarray(keras.ops.convert_to_numpy(v)) for v in variables]
+
+
+def policy_data():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(32, 5)).astype("float32")
+    return x, rng.integers(0, 3, size=32).astype("int32")
+
+
+def policy_model(options):
+    """The Dense family of the matrix with `options`, SGD with momentum."""
+    model = keras_sam.SAMModel(*matrix_cases.FAMILIES["dense"].graph(),
+                               rho=matrix_cases.RHO, **options)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=keras.backend.backend() == "jax",
+    )
+    return model
+
+
+def train_policy(model):
+    """Four steps of 8 examples; the last epoch's logs."""
+    x, y = policy_data()
+    history = model.fit(x, y, batch_size=8, epochs=1, shuffle=False,
+                        verbose=0)
+    return {k: float(v[-1]) for k, v in history.history.items()}
+
+
+def run_policies(out):
+    arrays, logs = {}, {}
+    for name, options in POLICIES.items():
+        keras.utils.set_random_seed(0)
+        model = policy_model(options)
+        for i, value in enumerate(numpy(model.trainable_variables)):
+            arrays[f"{name}/initial/{i}"] = value
+        logs[name] = train_policy(model)
+        for i, value in enumerate(numpy(model.trainable_variables)):
+            arrays[f"{name}/trained/{i}"] = value
+    np.savez(os.path.join(out, "policies.npz"), **arrays)
+    with open(os.path.join(out, "policies.json"), "w") as f:
+        json.dump(logs, f)
 
 
 def run_cases(out):
@@ -273,6 +323,7 @@ def main(argv):
     run_refusals(out)
     run_files(out, load)
     run_tuner(out)
+    run_policies(out)
     run_twins(out)
     run_cases(out)
     with open(os.path.join(out, "done.json"), "w") as f:

@@ -122,6 +122,30 @@ def test_one_step_matches_the_float64_oracle(backend, family, option):
                                expected.sharpness, **tolerance)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("policy", sorted(backend_run.POLICIES))
+def test_stateful_options_train_as_on_tensorflow(backend, policy):
+    """Four steps of a cheap SAM, Momentum-SAM or a kept mask from the
+    backend's initial weights: TensorFlow's step (checked by hand in
+    `tests/core/test_policy.py`) gives the same weights and logs."""
+    arrays = np.load(os.path.join(recorded(backend), "policies.npz"))
+    logs = read_json(backend, "policies.json")[policy]
+    model = backend_run.policy_model(backend_run.POLICIES[policy])
+    for i, v in enumerate(model.trainable_variables):
+        v.assign(arrays[f"{policy}/initial/{i}"])
+    expected_logs = backend_run.train_policy(model)
+    assert_all_close(
+        [v.path for v in model.trainable_variables],
+        [arrays[f"{policy}/trained/{i}"]
+         for i in range(len(model.trainable_variables))],
+        [v.numpy() for v in model.trainable_variables],
+        f"{backend} vs TensorFlow: {policy} weights",
+    )
+    for key in ("loss", "grad_norm", "sharpness"):
+        np.testing.assert_allclose(logs[key], expected_logs[key],
+                                   rtol=1e-5, atol=1e-5, err_msg=key)
+
+
 # ------------------------------------------------------------------ twins
 
 

@@ -26,15 +26,8 @@ import keras
 BACKENDS = ("tensorflow", "jax", "torch")
 
 # Options only the TensorFlow step has, with the value that switches each
-# off. They keep state between steps (the cheap-SAM policies) or average
-# across tf.distribute replicas.
-TENSORFLOW_ONLY = {
-    "sam_every": 1,
-    "sam_from": 0,
-    "trigger": "always",
-    "off_step": "base",
-    "sync_moving_statistics": False,
-}
+# off: averaging across tf.distribute replicas.
+TENSORFLOW_ONLY = {"sync_moving_statistics": False}
 
 
 def name() -> str:
@@ -68,16 +61,11 @@ def check_options(options) -> None:
         for key, off in TENSORFLOW_ONLY.items()
         if getattr(options, key) != off
     }
-    if options.perturbation == "momentum":
-        refused["perturbation"] = "momentum"
-    kept_mask = options.perturbed_fraction < 1 and options.m is None
-    if kept_mask and options.mask_update_every > 1:
-        refused["mask_update_every"] = options.mask_update_every
     if refused:
         settings = ", ".join(f"{k}={v!r}" for k, v in refused.items())
         raise ValueError(
-            f"{settings}: not available on the {backend} backend yet (the "
-            "options that keep state between steps and replica-synced "
-            "statistics run on TensorFlow only). Use "
-            "KERAS_BACKEND=tensorflow, or leave the option at its default."
+            f"{settings}: not available on the {backend} backend (it "
+            "averages BatchNorm statistics across tf.distribute replicas). "
+            "Use KERAS_BACKEND=tensorflow, or leave the option at its "
+            "default."
         )

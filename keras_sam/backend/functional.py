@@ -27,6 +27,7 @@ from keras import ops
 from keras_sam import _keras
 from keras_sam.backend.state import state_variables
 from keras_sam.core import perturbation
+from keras_sam.core import policy
 from keras_sam.core import step
 
 
@@ -41,6 +42,9 @@ class Transforms(NamedTuple):
     # normal(model, options) -> normal(shapes, kind): N(0, 1) draws that
     # depend only on the seed, the step and the kind ("random", "mask")
     normal: Callable
+    # cond(model) -> cond(predicate, true_fn, false_fn): the conditional
+    # step, its branches free to assign the model's variables
+    cond: Callable
     # default_m(n) -> the group size without `m` for a batch of n (the
     # examples on one device under data parallelism), or None
     default_m: Callable = lambda n: None
@@ -63,12 +67,15 @@ def make_evaluate(model, state: list, transforms: Transforms):
         x, y, sample_weight = batch
         mapping = [(v, v.value) for v in state] + list(zip(variables, weights))
         with keras.StatelessScope(mapping, collect_losses=True) as scope:
+            read = [scope.get_current_value(v) for v in state]
             y_pred = model(x, training=True) if training else model(x)
             loss = _keras.compute_loss(model, x, y, y_pred, sample_weight)
+        # What the pass assigned: a new value object (the others are the
+        # values it read; committing those would undo a policy's update).
         updates = {}
         for i, v in enumerate(state):
             value = scope.get_current_value(v)
-            if value is not None:
+            if value is not read[i]:
                 updates[i] = value
         scaled = optimizer.scale_loss(loss) if optimizer else loss
         return scaled, (loss, y_pred, updates)
@@ -170,14 +177,15 @@ def sam_gradients(
             check_options`).
         rho: Scalar variable, the radius.
         x, y, sample_weight: The batch.
-        step_state: Unused (the options that keep state are refused).
+        step_state: The `policy.StepState` (the cheap SAMs, Momentum-SAM,
+            a kept mask; None otherwise).
         transforms: The backend's `Transforms`.
 
     Returns:
         A `step.StepResult`, and `[]` (nothing deferred).
     """
-    del step_state
     step.check_logit_loss(model, options.gradient_rule)
+    policy.check_state(options, step_state)
     batch = (x, y, sample_weight)
     state = state_variables(model)
     evaluate = make_evaluate(model, state, transforms)
@@ -186,19 +194,48 @@ def sam_gradients(
         transforms.normal(model, options),
         [v.name for v in model.trainable_variables],
     )
+    if options.perturbation == "momentum":
+        inputs = inputs._replace(
+            momentum=policy.momentum_direction(step_state))
+    iterations = model.optimizer.iterations
+    cond = transforms.cond(model)
     m = group_size(model, options.m, x, transforms.default_m)
-    if m is None:
-        first, grads, loss2 = _sam_pass(
-            model, evaluate, weights, batch, options, rho, inputs, transforms
-        )
-        result = _Group(grads, first.y_pred,
-                        (first.loss, loss2, _norm(model, first)),
-                        first.updates)
+    first = None
+    if m is None and options.trigger == "adaptive":  # decides from ||g||
+        first = step.first_pass(evaluate, weights, batch, options)
+        use_sam = policy.use_sam(options, rho, iterations, step_state,
+                                 _norm(model, first))
     else:
-        result = _grouped(
-            model, evaluate, weights, batch, options, rho, inputs, transforms,
-            m, state,
+        use_sam = policy.use_sam(options, rho, iterations)
+
+    def kept_mask(grads):
+        return policy.kept_mask(options, step_state, grads, weights,
+                                inputs.normal, iterations, cond)
+
+    def sam():
+        if m is not None:
+            return _grouped(model, evaluate, weights, batch, options, rho,
+                            inputs, transforms, m, state)
+        one, grads, loss2 = _sam_pass(
+            model, evaluate, weights, batch, options, rho,
+            inputs._replace(mask=kept_mask), transforms, first,
         )
+        policy.store_looksam_direction(step_state, one.grads, grads)
+        norm = perturbation.global_norm(grads) if one.grads is None else (
+            _norm(model, one))
+        return _Group(grads, one.y_pred, (one.loss, loss2, norm),
+                      one.updates)
+
+    def base():
+        one = first if first is not None else evaluate(weights, batch)
+        grads = policy.off_step_gradient(options, step_state, one.grads, rho)
+        return _Group(list(grads), one.y_pred,
+                      (one.loss, one.loss, _norm(model, one)), one.updates)
+
+    # Without a policy, no conditional: with rho = 0, eps is 0 and the SAM
+    # branch gives the base gradient (one trace, two passes).
+    alone = policy.rho_decides_alone(options) and options.off_step == "base"
+    result = sam() if alone else cond(use_sam, sam, base)
     evaluate.draws.finish()
     for i, value in result.updates.items():
         state[i].assign(value)
@@ -206,16 +243,18 @@ def sam_gradients(
     stats = {
         "grad_norm": ops.cast(norm, "float32"),
         "sharpness": ops.cast(loss2 - loss, "float32"),
-        "sam_weight": ops.ones((), "float32"),
+        "sam_weight": ops.cast(use_sam, "float32"),
     }
     return step.StepResult(result.grads, result.y_pred, loss, stats), []
 
 
 def _sam_pass(model, evaluate, weights, batch, options, rho, inputs,
-              transforms):
-    """`(first, descent gradient, L(w + eps))` of one group."""
+              transforms, first=None):
+    """`(first, descent gradient, L(w + eps))` of one group (`first`: its
+    pass at w, if already taken)."""
     if not options.second_order:
-        first = step.first_pass(evaluate, weights, batch, options)
+        if first is None:
+            first = step.first_pass(evaluate, weights, batch, options)
         grads, loss2 = step.descent(
             evaluate, weights, batch, first, options, rho, inputs
         )

@@ -84,8 +84,46 @@ def _normal(model, options):
     return normal
 
 
+def _cond(model):
+    """`jax.lax.cond` whose branches may assign the model's variables (the
+    policies' state): each branch runs in a `keras.StatelessScope` over
+    every variable of the step, returns what it assigned, and the step
+    assigns it after the conditional (a value assigned inside a branch
+    must not leak out of it)."""
+
+    def cond(predicate, true_fn, false_fn):
+        optimizer = model.optimizer.variables if model.optimizer else []
+        variables, seen = [], set()
+        for v in (list(model.trainable_variables)
+                  + list(model.non_trainable_variables)
+                  + list(optimizer) + list(model.metrics_variables)):
+            if id(v) not in seen:
+                seen.add(id(v))
+                variables.append(v)
+
+        def branch(fn):
+            def run():
+                current = [v.value for v in variables]
+                with keras.StatelessScope(
+                        state_mapping=list(zip(variables, current))) as scope:
+                    out = fn()
+                new = [scope.get_current_value(v) for v in variables]
+                return out, [c if n is None else n
+                             for n, c in zip(new, current)]
+
+            return run
+
+        out, values = jax.lax.cond(predicate, branch(true_fn),
+                                   branch(false_fn))
+        for v, value in zip(variables, values):
+            v.assign(value)
+        return out
+
+    return cond
+
+
 TRANSFORMS = functional.Transforms(
-    _value_and_grad, _map_groups, _normal, _default_m
+    _value_and_grad, _map_groups, _normal, _cond, _default_m
 )
 
 sam_gradients = functools.partial(

@@ -72,8 +72,15 @@ def _set_random_state(state):
 
 # Keras' torch Dropout without a seed draws from torch's global generator
 # (`torch.nn.functional.dropout`): both passes must see the same masks.
+def _cond(model):
+    """Eager: the branch the predicate picks runs, the other does not."""
+    del model
+    return lambda predicate, true_fn, false_fn: (
+        true_fn() if bool(predicate) else false_fn())
+
+
 TRANSFORMS = functional.Transforms(
-    _value_and_grad, _map_groups, _normal,
+    _value_and_grad, _map_groups, _normal, _cond,
     global_random=(_get_random_state, _set_random_state),
 )
 
