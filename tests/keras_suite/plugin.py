@@ -349,7 +349,8 @@ def pytest_addoption(parser):
     )
     group.addoption(
         "--sam-only", default=None,
-        help="a file of Keras test ids (one a line): run only those",
+        help="a file of Keras test ids or fnmatch patterns (one a line): "
+        "run only those",
     )
 
 
@@ -409,7 +410,8 @@ class _ReportPlugin:
         if only is not None:
             with open(only) as f:
                 wanted = set(f.read().split())
-            kept = [i for i in items if test_id(i, self.source_dir) in wanted]
+            kept = [i for i in items
+                    if matching_any(test_id(i, self.source_dir), wanted)]
             dropped = [i for i in items if i not in kept]
             if dropped:
                 config.hook.pytest_deselected(items=dropped)
@@ -557,6 +559,12 @@ def failures(report) -> dict:
         for key, entry in sorted(report["tests"].items())
         if entry["outcome"] == "failed"
     }
+
+
+def matching_any(key, patterns) -> bool:
+    """Whether a test id is one of `patterns` or matches one (fnmatch)."""
+    return key in patterns or any(
+        fnmatch.fnmatchcase(key, p) for p in patterns)
 
 
 def matching(pattern, ids) -> list:
