@@ -1,4 +1,4 @@
-"""keras_sam: Sharpness-Aware Minimization for Keras 3 on TensorFlow.
+"""keras_sam: Sharpness-Aware Minimization for Keras 3 (TensorFlow, JAX, PyTorch).
 
 The folder tree is the design, one layer per folder:
 
@@ -8,7 +8,9 @@ The folder tree is the design, one layer per folder:
   of eq. 2, the algorithm over passes, the cheap-SAM policies), in
   `keras.ops`;
 - each backend's half of the step: `backend/tensorflow/` (the pass without
-  side effects, m-groups, exact 1-SAM, replica statistics);
+  side effects, m-groups, exact 1-SAM, replica statistics), and
+  `backend/functional.py` with `backend/jax/` and `backend/torch/` (the
+  step where gradients are function transforms);
 - training aids: `schedules.py` (rho schedules) and `callbacks/`;
 - label noise and bootstrapping: `noise/`;
 - tuning rho with KerasTuner: `tuning/` (the `tuning` extra);

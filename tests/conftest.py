@@ -1,5 +1,8 @@
 """Test configuration: 4 logical CPU devices for tf.distribute, and seeds.
 
+The suite runs on TensorFlow (the default here); `KERAS_BACKEND=jax` or
+`torch` runs what is backend-neutral (e.g. `tests/core/test_perturbation.py`).
+
 The logical devices must exist before TensorFlow initialises, so they are
 configured here, at import time, before any test module touches TensorFlow.
 Single-device tests keep running on the default strategy (`/cpu:0`).
@@ -10,14 +13,15 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import tensorflow as tf  # noqa: E402
-
 NUM_LOGICAL_CPUS = 4
 
-_cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(
-    _cpu, [tf.config.LogicalDeviceConfiguration()] * NUM_LOGICAL_CPUS
-)
+if os.environ["KERAS_BACKEND"] == "tensorflow":
+    import tensorflow as tf
+
+    _cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        _cpu, [tf.config.LogicalDeviceConfiguration()] * NUM_LOGICAL_CPUS
+    )
 
 import keras  # noqa: E402
 import pytest  # noqa: E402

@@ -3,8 +3,8 @@
 `keras_sam.core.step` and `keras_sam.core.perturbation` are written in
 `keras.ops`: each backend (a fresh process per `KERAS_BACKEND`, see
 `tests/core/backend_step.py`) takes the same descent gradients, equal to a
-NumPy hand computation and to each other. `SAMModel` itself still runs on
-TensorFlow only (`keras_sam/core/tensorflow.py` is its one backend module).
+NumPy hand computation and to each other. `SAMModel` on each backend is
+checked end to end by `tests/test_cross_backend.py`.
 """
 
 import functools
