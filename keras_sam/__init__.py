@@ -1,4 +1,4 @@
-"""keras_sam: Sharpness-Aware Minimization for Keras 3 (TensorFlow, JAX, PyTorch).
+"""keras_sam: Sharpness-Aware Minimization for Keras 3 (TF, JAX, PyTorch).
 
 The folder tree is the design, one layer per folder:
 

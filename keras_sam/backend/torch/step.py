@@ -59,7 +59,9 @@ def _normal(model, options):
 
 
 def _get_random_state():
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    cuda = None
+    if torch.cuda.is_available():
+        cuda = torch.cuda.get_rng_state_all()
     return torch.get_rng_state(), cuda
 
 
