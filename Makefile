@@ -27,7 +27,7 @@ demo: setup
 	$(BIN)/python -m experiments.noisy_labels --workdir=runs/demo
 
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup tests --doctest-modules keras_sam \
+	$(BIN)/python -m pytest -q -n 2 tests --doctest-modules keras_sam \
 	  --ignore=keras_sam/backend/jax --ignore=keras_sam/backend/torch
 
 test-oldest:

@@ -16,6 +16,7 @@ TensorFlow process then checks what it recorded:
   grid over rho runs on each.
 """
 
+import fcntl
 import functools
 import json
 import os
@@ -32,9 +33,7 @@ from tests import matrix_cases
 from tests import oracle
 from tests.core.test_oracle_matrix import assert_all_close
 
-# A process per backend, run once: every test of this module on one
-# pytest-xdist worker (`make test` distributes with --dist loadgroup).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cross_backend")]
+pytestmark = pytest.mark.slow  # a process per backend, run once
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKENDS = ("jax", "torch")
@@ -49,19 +48,26 @@ NO_TENSORFLOW = (
 
 @functools.lru_cache(maxsize=None)
 def recorded(backend) -> str:
-    """The folder `tests/backend_run.py` wrote on `backend` (run once).
-    PyTorch's run loads and trains on the file JAX's run saved."""
-    load = []
-    if backend == "torch":
-        load = [os.path.join(recorded("jax"), "saved.keras")]
-    out = tempfile.mkdtemp(prefix=f"keras_sam-{backend}-")
-    env = dict(os.environ, KERAS_BACKEND=backend, CUDA_VISIBLE_DEVICES="",
-               JAX_PLATFORMS="cpu")
-    result = subprocess.run(
-        [sys.executable, "-c", NO_TENSORFLOW, out, *load], cwd=ROOT,
-        env=env, capture_output=True, text=True, timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    """The folder `tests/backend_run.py` wrote on `backend`: run once per
+    pytest run, by whichever xdist worker asks first (the others wait on
+    a file lock, then read). PyTorch's run loads and trains on the file
+    JAX's run saved."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))
+    out = os.path.join(tempfile.gettempdir(), f"keras_sam-{backend}-{run}")
+    with open(out + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(os.path.join(out, "done.json")):
+            load = []
+            if backend == "torch":
+                load = [os.path.join(recorded("jax"), "saved.keras")]
+            os.makedirs(out, exist_ok=True)
+            env = dict(os.environ, KERAS_BACKEND=backend,
+                       CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
+            result = subprocess.run(
+                [sys.executable, "-c", NO_TENSORFLOW, out, *load], cwd=ROOT,
+                env=env, capture_output=True, text=True, timeout=900,
+            )
+            assert result.returncode == 0, result.stderr[-4000:]
     return out
 
 
