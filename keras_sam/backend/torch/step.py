@@ -49,7 +49,7 @@ def _normal(model, options):
         generator.manual_seed(
             (options.seed * 1_000_003 + step_index) * 2 + kind_index
         )
-        device = keras.backend.convert_to_tensor(0.0).device
+        device = keras.ops.convert_to_tensor(0.0).device
         return [
             torch.randn(tuple(s), generator=generator).to(device)
             for s in shapes
