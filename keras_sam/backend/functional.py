@@ -25,6 +25,7 @@ import keras
 from keras import ops
 
 from keras_sam import _keras
+from keras_sam.backend.state import check_groups_of_one
 from keras_sam.backend.state import state_variables
 from keras_sam.core import perturbation
 from keras_sam.core import policy
@@ -63,10 +64,14 @@ def make_evaluate(model, state: list, transforms: Transforms):
     training = _keras.call_has_training_arg(model)
     optimizer = model.optimizer
 
+    def mapping(weights):
+        """Every state variable at its value, the weights at `weights`."""
+        return [(v, v.value) for v in state] + list(zip(variables, weights))
+
     def forward(weights, batch):
         x, y, sample_weight = batch
-        mapping = [(v, v.value) for v in state] + list(zip(variables, weights))
-        with keras.StatelessScope(mapping, collect_losses=True) as scope:
+        with keras.StatelessScope(mapping(weights),
+                                  collect_losses=True) as scope:
             read = [scope.get_current_value(v) for v in state]
             y_pred = model(x, training=True) if training else model(x)
             loss = _keras.compute_loss(model, x, y, y_pred, sample_weight)
@@ -104,10 +109,10 @@ def make_evaluate(model, state: list, transforms: Transforms):
         """d loss / d outputs (flat): the compiled loss of `y_pred` (the
         model's own losses do not depend on the outputs)."""
         x, y, sample_weight = batch
-        mapping = [(v, v.value) for v in state] + list(zip(variables, weights))
+        values = mapping(weights)
 
         def data_loss(outputs):
-            with keras.StatelessScope(mapping):
+            with keras.StatelessScope(values):
                 loss = _keras.compute_loss(model, x, y, outputs,
                                            sample_weight)
             scaled = optimizer.scale_loss(loss) if optimizer else loss
@@ -121,8 +126,7 @@ def make_evaluate(model, state: list, transforms: Transforms):
         x = batch[0]
 
         def surrogate(ws):
-            mapping = [(v, v.value) for v in state] + list(zip(variables, ws))
-            with keras.StatelessScope(mapping, collect_losses=True):
+            with keras.StatelessScope(mapping(ws), collect_losses=True):
                 y_pred = model(x, training=True) if training else model(x)
                 own = [_keras.additional_loss(model, l) for l in model.losses]
             total = sum(
@@ -399,15 +403,7 @@ def group_size(model, m, x, default_m=lambda n: None):
     if m is None:
         m = default_m(n)
         return m if m is not None and m < n else None
-    if m == 1:
-        for layer in _keras.flatten_layers(model):
-            if isinstance(layer, keras.layers.BatchNormalization):
-                raise ValueError(
-                    f"m=1 (1-SAM) gives BatchNormalization layer "
-                    f"{layer.name!r} a batch of a single example. Use a "
-                    "model with LayerNormalization or GroupNormalization "
-                    "(as Baek et al. do), or m >= 2."
-                )
+    check_groups_of_one(model, m)
     return None if n <= m else m
 
 

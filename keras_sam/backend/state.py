@@ -1,10 +1,14 @@
 """The state a forward pass may change: what SAM's step commits.
 
-A leaf module: the step (`step.py`) and the exact 1-SAM path
-(`per_example.py`) both collect the state a pass records in its
+A leaf module shared by every backend's step: the TensorFlow step, its
+exact 1-SAM path (`per_example.py`) and the functional step all collect
+the state a pass records in its
 `keras.StatelessScope`, in the same order, so that their updates index
-into one list.
+into one list. Also the one check of groups against the model's layers
+(1-SAM and BatchNormalization).
 """
+
+import keras
 
 from keras_sam import _keras
 
@@ -25,3 +29,21 @@ def state_variables(model) -> list:
             seen.add(id(v))
             unique.append(v)
     return unique
+
+
+def check_groups_of_one(model, m) -> None:
+    """Refuses m=1 (1-SAM) on a model with BatchNormalization.
+
+    Raises:
+        ValueError: naming the layer and the fix (a batch of one example).
+    """
+    if m != 1:
+        return
+    for layer in _keras.flatten_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            raise ValueError(
+                f"m=1 (1-SAM) gives BatchNormalization layer "
+                f"{layer.name!r} a batch of a single example. Use a "
+                "model with LayerNormalization or GroupNormalization "
+                "(as Baek et al. do), or m >= 2."
+            )

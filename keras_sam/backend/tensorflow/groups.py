@@ -20,10 +20,9 @@ import collections
 import numbers
 from typing import Callable, Optional
 
-import keras
 import tensorflow as tf
 
-from keras_sam import _keras
+from keras_sam.backend.state import check_groups_of_one
 
 
 def batch_size(structure) -> tf.Tensor:
@@ -365,14 +364,6 @@ def group_size(model, m: Optional[int], batch) -> Optional[int]:
     """
     if m is None:
         return None
-    if m == 1:
-        for layer in _keras.flatten_layers(model):
-            if isinstance(layer, keras.layers.BatchNormalization):
-                raise ValueError(
-                    f"m=1 (1-SAM) gives BatchNormalization layer "
-                    f"{layer.name!r} a batch of a single example. Use a "
-                    "model with LayerNormalization or GroupNormalization "
-                    "(as Baek et al. do), or m >= 2."
-                )
+    check_groups_of_one(model, m)
     n = batch_size(batch[0])
     return None if isinstance(n, int) and n <= m else m
