@@ -104,6 +104,27 @@ def in_stateless_scope() -> bool:
     return stateless_scope.in_stateless_scope()
 
 
+def output_masks(outputs) -> list:
+    """The Keras masks of a model's outputs, in `keras.tree.flatten`
+    order (None where none), for `with_masks` to set again: a tensor
+    returned from a `tf.function` loses its mask, which Keras' losses and
+    metrics read (`get_keras_mask`/`set_keras_mask` of `keras.src.backend`
+    are exported nowhere)."""
+    from keras.src import backend
+
+    return [backend.get_keras_mask(t) for t in keras.tree.flatten(outputs)]
+
+
+def with_masks(outputs, masks: list):
+    """`outputs`, their masks (from `output_masks`) set on them again."""
+    from keras.src import backend
+
+    for tensor, mask in zip(keras.tree.flatten(outputs), masks):
+        if mask is not None:
+            backend.set_keras_mask(tensor, mask)
+    return outputs
+
+
 def existing_global_seed_generator():
     """The `SeedGenerator` behind unseeded `keras.random` calls, or None.
 

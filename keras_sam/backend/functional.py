@@ -52,6 +52,9 @@ class Transforms(NamedTuple):
     # (get, set) of the backend's global random state, which unseeded
     # layers draw from (PyTorch's unseeded Dropout), or None
     global_random: Optional[tuple] = None
+    # trace_once(f) -> f traced at its first call and reused by the next
+    # calls of the step (jax.jit: both passes trace the model once)
+    trace_once: Callable = lambda f: f
 
 
 def make_evaluate(model, state: list, transforms: Transforms):
@@ -64,13 +67,16 @@ def make_evaluate(model, state: list, transforms: Transforms):
     training = _keras.call_has_training_arg(model)
     optimizer = model.optimizer
 
-    def mapping(weights):
-        """Every state variable at its value, the weights at `weights`."""
-        return [(v, v.value) for v in state] + list(zip(variables, weights))
+    def mapping(weights, values=None):
+        """Every state variable at its value (or `values`), the weights at
+        `weights`."""
+        if values is None:
+            values = [v.value for v in state]
+        return list(zip(state, values)) + list(zip(variables, weights))
 
-    def forward(weights, batch):
+    def forward(weights, batch, values=None):
         x, y, sample_weight = batch
-        with keras.StatelessScope(mapping(weights),
+        with keras.StatelessScope(mapping(weights, values),
                                   collect_losses=True) as scope:
             read = [scope.get_current_value(v) for v in state]
             y_pred = model(x, training=True) if training else model(x)
@@ -95,8 +101,9 @@ def make_evaluate(model, state: list, transforms: Transforms):
         if not need_grads:
             _, (loss, y_pred, updates) = forward(weights, batch)
             return step.Pass(loss, None, y_pred, updates)
-        grad_fn = transforms.value_and_grad(lambda w: forward(w, batch))
-        (_, (loss, y_pred, updates)), grads = grad_fn(list(weights))
+        loss, grads, y_pred, updates, masks = gradient_pass(
+            list(weights), batch, [v.value for v in state])
+        y_pred = _keras.with_masks(y_pred, masks)
         if not output_grads:
             return step.Pass(loss, list(grads), y_pred, updates)
         return step.Pass(
@@ -104,6 +111,15 @@ def make_evaluate(model, state: list, transforms: Transforms):
             output_gradient(weights, batch, y_pred),
             lambda cotangents: vjp(weights, batch, cotangents),
         )
+
+    @transforms.trace_once
+    def gradient_pass(weights, batch, values):
+        """The pass and its gradient, the state's values passed in (what a
+        trace reads must be its arguments)."""
+        grad_fn = transforms.value_and_grad(
+            lambda w: forward(w, batch, values))
+        (_, (loss, y_pred, updates)), grads = grad_fn(weights)
+        return loss, list(grads), y_pred, updates, _keras.output_masks(y_pred)
 
     def output_gradient(weights, batch, y_pred):
         """d loss / d outputs (flat): the compiled loss of `y_pred` (the

@@ -123,7 +123,8 @@ def _cond(model):
 
 
 TRANSFORMS = functional.Transforms(
-    _value_and_grad, _map_groups, _normal, _cond, _default_m
+    _value_and_grad, _map_groups, _normal, _cond, _default_m,
+    trace_once=jax.jit,
 )
 
 sam_gradients = functools.partial(

@@ -32,7 +32,7 @@ def stateless_step(model, train_step):
     return train_step
 
 
-def make_evaluate(model, state: list, dense=False):
+def make_evaluate(model, state: list, dense=False, traced=False):
     """`evaluate(weights, batch)`: one side-effect-free pass as a `Pass`.
 
     `weights`, a list of tensors, is mapped onto `model.trainable_variables`
@@ -40,13 +40,22 @@ def make_evaluate(model, state: list, dense=False):
     that `Pass.updates` indexes into it. `Pass.grads` are as the tape gives
     them (what Keras' own step applies); `Pass.summed` has each row of a
     row-sparse gradient once, for the ascent. `dense=True` gives dense
-    gradients instead (a mapped group's step).
+    gradients instead (a mapped group's step). `traced=True` makes the
+    gradient pass one `tf.function` inside the step's: traced once, called
+    by both passes and both branches of the conditional, so that SAM's
+    first call traces the model once, as Keras' own step does (not under
+    an outer tape: `second_order` differentiates through the passes).
     """
     variables = model.trainable_variables
     training = _keras.call_has_training_arg(model)
     optimizer = model.optimizer
 
     def evaluate(weights, batch, output_grads=False, need_grads=True):
+        if gradient_pass is not None and need_grads and not output_grads:
+            return gradient_pass(weights, batch)
+        return _evaluate(weights, batch, output_grads, need_grads)
+
+    def _evaluate(weights, batch, output_grads, need_grads):
         x, y, sample_weight = batch
         mapping = list(zip(variables, weights))
         with tf.GradientTape(
@@ -98,7 +107,42 @@ def make_evaluate(model, state: list, dense=False):
             loss, grads, y_pred, updates, out_grads, vjp, summed
         )
 
+    gradient_pass = None
+    if traced and tf.inside_function():
+        gradient_pass = _one_trace(_evaluate)
     return evaluate
+
+
+def _one_trace(evaluate):
+    """`evaluate(weights, batch)` with gradients, as a `tf.function`
+    (retraced only for another batch signature). What its boundary drops
+    is put back: the outputs' Keras masks, and a row-sparse gradient's
+    static dense shape (its weight's)."""
+
+    @tf.function(autograph=False)
+    def gradient_pass(weights, batch):
+        one = evaluate(weights, batch, False, True)._replace(vjp=None)
+        return one, _keras.output_masks(one.y_pred)
+
+    def shaped(grads, weights):
+        if grads is None:
+            return None
+        return [
+            tf.IndexedSlices(g.values, g.indices, tf.constant(
+                w.shape.as_list(), g.dense_shape.dtype))
+            if isinstance(g, tf.IndexedSlices) else g
+            for g, w in zip(grads, weights)
+        ]
+
+    def call(weights, batch):
+        one, masks = gradient_pass(list(weights), batch)
+        return one._replace(
+            y_pred=_keras.with_masks(one.y_pred, masks),
+            grads=shaped(one.grads, weights),
+            summed=shaped(one.summed, weights),
+        )
+
+    return call
 
 
 def sam_gradients(
@@ -127,7 +171,8 @@ def sam_gradients(
     policy.check_state(options, step_state)
     batch = (x, y, sample_weight)
     state = []
-    evaluate = make_evaluate(model, state)
+    evaluate = make_evaluate(model, state,
+                             traced=not options.second_order)
     normal = _normal(model, options)
     m = groups.group_size(model, options.m, batch)
     if m is None:
