@@ -273,7 +273,8 @@ class SAMModel(MultiWorkerFix, _keras.ClonedSettings, keras.Model):
             gradients: The gradients `compute_sam_gradients` returned.
         """
         if self.trainable_weights:
-            self.optimizer.apply(gradients, self.trainable_variables)
+            backend.step_module().apply_gradients(
+                self.optimizer, gradients, self.trainable_variables)
         else:
             warnings.warn("The model does not have any trainable weights.")
         self._sam.apply_deferred()

@@ -19,7 +19,9 @@ TensorFlow on JAX and PyTorch, and writes to the folder OUT:
   backend saved is loaded and trained one more epoch here;
 - `files.json`: rho from `RhoScheduler`, a `.keras` round trip of
   the SAM config;
-- `tuner.json`: `keras_sam.grid_search` (KerasTuner) over two rho.
+- `tuner.json`: `keras_sam.grid_search` (KerasTuner) over two rho;
+- `callbacks.json`: a BackupAndRestore resume, NoiseMonitor's logs, and
+  training under the mixed precision policies.
 """
 
 import json
@@ -316,6 +318,87 @@ def run_tuner(out):
                    "best_rho": result.best_rho}, f)
 
 
+def _small_sam(seed=7, rho=0.1):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    model = keras_sam.SAMModel(inputs, keras.layers.Dense(2)(hidden),
+                               rho=rho)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(
+                      from_logits=True), metrics=["accuracy"])
+    return model
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Stops a run after its first epoch, as a killed job would."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            raise RuntimeError("interrupted")
+
+
+def run_callbacks(out):
+    """Keras' BackupAndRestore (a run interrupted after its first epoch
+    resumes to the uninterrupted weights, momentum and rho), NoiseMonitor's
+    logs, and the mixed precision policies."""
+    import tempfile
+
+    from keras_sam.callbacks import NoiseMonitor
+    from keras_sam.noise import symmetric_noise
+
+    x, y = data()
+    fit = dict(batch_size=8, epochs=2, shuffle=False, verbose=0)
+    schedule = lambda: keras_sam.RhoScheduler(lambda e: 0.1 * (e + 1))
+    straight = _small_sam()
+    straight.fit(x, y, callbacks=[schedule()], **fit)
+    directory = tempfile.mkdtemp()
+    try:
+        _small_sam().fit(x, y, callbacks=[
+            keras.callbacks.BackupAndRestore(directory), schedule(),
+            _Interrupt()], **fit)
+    except RuntimeError:
+        pass
+    resumed = _small_sam(seed=8)  # other initial weights: restored
+    resumed.fit(x, y, callbacks=[
+        keras.callbacks.BackupAndRestore(directory), schedule()], **fit)
+    report = {
+        "resumed_max_difference": max(
+            float(np.max(np.abs(a - b))) for a, b in zip(
+                numpy(straight.variables + straight.optimizer.variables),
+                numpy(resumed.variables + resumed.optimizer.variables))),
+        "resumed_rho": float(keras.ops.convert_to_numpy(resumed.rho)),
+    }
+    noisy = symmetric_noise(y, 0.25, seed=1)
+    monitored = _small_sam()
+    history = monitored.fit(
+        x, noisy.labels, batch_size=8, epochs=2, verbose=0,
+        callbacks=[NoiseMonitor(x, noisy, test_data=(x, y))])
+    report["noise_logs"] = {
+        k: v for k, v in history.history.items()
+        if k.startswith(("train_", "test_", "best_"))}
+    float32 = _small_sam()
+    float32.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    for policy in ("mixed_float16", "mixed_bfloat16"):
+        keras.mixed_precision.set_dtype_policy(policy)
+        try:
+            model = _small_sam()
+            history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+        finally:
+            keras.mixed_precision.set_dtype_policy("float32")
+        report[policy] = {
+            "loss": history.history["loss"],
+            "optimizer": type(model.optimizer).__name__,
+            "weight_dtypes": sorted({v.dtype for v in model.weights}),
+            "max_difference_from_float32": max(
+                float(np.max(np.abs(a - b))) for a, b in zip(
+                    numpy(model.trainable_variables),
+                    numpy(float32.trainable_variables))),
+        }
+    with open(os.path.join(out, "callbacks.json"), "w") as f:
+        json.dump(report, f)
+
+
 def main(argv):
     out = argv[1]
     load = argv[2] if len(argv) > 2 else None
@@ -323,6 +406,7 @@ def main(argv):
     run_refusals(out)
     run_files(out, load)
     run_tuner(out)
+    run_callbacks(out)
     run_policies(out)
     run_twins(out)
     run_cases(out)

@@ -223,3 +223,38 @@ def test_the_rho_grid_search_runs(backend):
     tuner = read_json(backend, "tuner.json")
     assert tuner["trials"] == 2
     assert tuner["best_rho"] in (0.05, 0.1)
+
+
+# ------------------------------------ callbacks and mixed precision
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backup_and_restore_resumes_to_the_uninterrupted_run(backend):
+    # Weights, momentum, iterations and SAM's variables of a run killed
+    # after its first epoch and resumed from Keras' BackupAndRestore equal
+    # the uninterrupted run's (the resumed model started from other
+    # initial weights, so nothing matches unless it was restored).
+    report = read_json(backend, "callbacks.json")
+    assert report["resumed_max_difference"] <= 1e-6
+    assert report["resumed_rho"] == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_noise_monitor_logs_every_epoch(backend):
+    logs = read_json(backend, "callbacks.json")["noise_logs"]
+    for key in ("train_clean_accuracy", "train_noisy_accuracy",
+                "train_noisy_true_accuracy", "test_accuracy"):
+        assert len(logs[key]) == 2, key
+        assert all(0.0 <= value <= 1.0 for value in logs[key]), key
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_trains_near_float32(backend, policy):
+    report = read_json(backend, "callbacks.json")[policy]
+    assert np.isfinite(report["loss"]).all()
+    assert report["weight_dtypes"] == ["float32"]  # float32 master weights
+    scaled = policy == "mixed_float16"  # compile adds the loss scaling
+    assert (report["optimizer"] == "LossScaleOptimizer") == scaled
+    # Low-precision passes move the weights off float32's by rounding only.
+    assert 0.0 < report["max_difference_from_float32"] < 0.05

@@ -1,10 +1,10 @@
 """SAM's step where gradients are transforms of functions (JAX, PyTorch).
 
-JAX's `jax.value_and_grad` and PyTorch's `torch.func.grad_and_value` take
+JAX's `jax.value_and_grad` and PyTorch's autograd (on fresh leaves) take
 the gradient of a function of the weights; `jax.vmap` maps one over a group
-axis. The step is the same on both, written here once against the
-`Transforms` a backend module hands in (`backend/jax/step.py`,
-`backend/torch/step.py`):
+axis, and `jax.jit` traces the gradient pass once for both passes. The step
+is the same on both, written here once against the `Transforms` a backend
+module hands in (`backend/jax/step.py`, `backend/torch/step.py`):
 
     pass(w)    = model(x) and compute_loss in a keras.StatelessScope
     first      = value_and_grad(pass)(w)          # loss, g, state updates

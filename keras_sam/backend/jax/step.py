@@ -132,6 +132,19 @@ sam_gradients = functools.partial(
 )
 
 
+def apply_gradients(optimizer, grads, variables):
+    """`optimizer.apply` as Keras' JAX trainer applies it, through
+    `stateless_apply`: the stateful `apply` of a `LossScaleOptimizer`
+    assigns inside a `jax.lax.cond`, whose values must not leave it."""
+    new_variables, new_state = optimizer.stateless_apply(
+        [v.value for v in optimizer.variables], grads,
+        [v.value for v in variables])
+    for variable, value in zip(variables, new_variables):
+        variable.assign(value)
+    for variable, value in zip(optimizer.variables, new_state):
+        variable.assign(value)
+
+
 def stateless_step(model, train_step):
     """`train_step(data) -> logs` as Keras' JAX trainer calls a step.
 

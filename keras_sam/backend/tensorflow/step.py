@@ -26,6 +26,11 @@ from keras_sam.core import policy
 from keras_sam.core import step
 
 
+def apply_gradients(optimizer, grads, variables):
+    """`optimizer.apply`, as Keras' own step applies gradients here."""
+    optimizer.apply(grads, variables)
+
+
 def stateless_step(model, train_step):
     """The step as Keras' TensorFlow trainer calls it: unchanged."""
     del model

@@ -112,6 +112,11 @@ sam_gradients = functools.partial(
 )
 
 
+def apply_gradients(optimizer, grads, variables):
+    """`optimizer.apply`, as Keras' own step applies gradients here."""
+    optimizer.apply(grads, variables)
+
+
 def stateless_step(model, train_step):
     """The step as Keras' torch trainer calls it, under `torch.no_grad()`
     (SAM's gradients are function transforms, which ignore it)."""
