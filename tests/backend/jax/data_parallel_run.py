@@ -7,6 +7,9 @@ python -m tests.backend.jax.data_parallel_run` (the test does); prints JSON:
   with m = 4 (each device's 4 examples a group, the groups' mean);
 - `dp_vs_whole`: against whole-batch SAM (one eps for all 16);
 - `dp_m16_vs_whole`: DataParallel with m = 16 (one group) against it;
+- `mp_*`: one step under `ModelParallel` on a 2 x 2 mesh (kernels split
+  over "model", the batch over "batch"), against one device with m = 8
+  (each batch shard a group) and against whole-batch SAM;
 - `all_reduces`: per program, the result shapes of each all-reduce in the
   compiled step (`m_sharpness`: DataParallel's default; `whole`: m = 16),
   and `all_gathers`, their count.
@@ -30,9 +33,10 @@ INITIAL = [RNG.normal(size=(5, 6)).astype("float32"), np.zeros(6, "float32"),
 
 def build(**options):
     inputs = keras.Input((5,))
-    hidden = keras.layers.Dense(6, activation="tanh")(inputs)
-    model = keras_sam.SAMModel(inputs, keras.layers.Dense(3)(hidden),
-                               rho=0.5, **options)
+    hidden = keras.layers.Dense(6, activation="tanh", name="hidden")(inputs)
+    model = keras_sam.SAMModel(
+        inputs, keras.layers.Dense(3, name="logits")(hidden), rho=0.5,
+        **options)
     model.set_weights(INITIAL)
     model.compile(optimizer=keras.optimizers.SGD(1.0), loss=keras.losses.
                   SparseCategoricalCrossentropy(from_logits=True))
@@ -67,6 +71,17 @@ def collectives(model, distribution) -> dict:
     return {"all_reduces": reduces, "all_gathers": text.count("all-gather")}
 
 
+def model_parallel(devices):
+    """A 2 x 2 mesh: the batch split in two, each kernel split over the
+    other axis (the hidden units)."""
+    mesh = keras.distribution.DeviceMesh((2, 2), ["batch", "model"], devices)
+    layouts = keras.distribution.LayoutMap(mesh)
+    layouts["hidden/kernel"] = (None, "model")
+    layouts["logits/kernel"] = ("model", None)
+    return keras.distribution.ModelParallel(layout_map=layouts,
+                                            batch_dim_name="batch")
+
+
 def main():
     devices = keras.distribution.list_devices("cpu")
     assert len(devices) == 4, devices
@@ -76,8 +91,17 @@ def main():
     parallel, parallel_whole = one_step(sharded), one_step(whole_sharded)
     keras.distribution.set_distribution(None)
     grouped, whole = one_step(build(m=4)), one_step(build())
+    keras.distribution.set_distribution(model_parallel(devices))
+    split = build()
+    sharding = list(split.get_layer("hidden").kernel.value.sharding.spec)
+    split = one_step(split)
+    keras.distribution.set_distribution(None)
+    grouped_by_8 = one_step(build(m=8))
     keras.distribution.set_distribution(distribution)
     print(json.dumps({
+        "mp_kernel_sharding": sharding,
+        "mp_vs_m8": difference(split, grouped_by_8),
+        "mp_vs_whole": difference(split, whole),
         "dp_vs_m4": difference(parallel, grouped),
         "dp_vs_whole": difference(parallel, whole),
         "dp_m16_vs_whole": difference(parallel_whole, whole),

@@ -8,7 +8,9 @@ against the float64 hand computation, `tests/test_cross_backend.py`), and
 differs measurably from whole-batch SAM. In the compiled program only the
 descent gradient crosses devices: one all-reduce carries the weights'
 shapes (whole-batch SAM under DataParallel has two: the ascent gradient's,
-before eps, and the descent's), and nothing is all-gathered.
+before eps, and the descent's), and nothing is all-gathered. Under
+`ModelParallel` (kernels split over a "model" axis) each batch shard is
+a group likewise.
 """
 
 import functools
@@ -46,6 +48,15 @@ def test_each_device_perturbs_with_its_own_shard():
     assert run["dp_vs_m4"] < 1e-6
     assert run["dp_vs_whole"] > 1e-2  # m-sharpness is not whole-batch SAM
     assert run["dp_m16_vs_whole"] < 1e-6  # m = the batch: one eps
+
+
+def test_model_parallel_perturbs_per_batch_shard_with_split_kernels():
+    # ModelParallel: the devices that share a batch shard hold parts of
+    # each kernel and form one group (m = the per-shard batch, 8).
+    run = recorded()
+    assert run["mp_kernel_sharding"] == [None, "model"]
+    assert run["mp_vs_m8"] < 1e-6
+    assert run["mp_vs_whole"] > 1e-2
 
 
 def weight_reduces(program) -> list:
