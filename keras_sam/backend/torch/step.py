@@ -19,18 +19,22 @@ from keras_sam.backend import functional
 
 def _value_and_grad(f):
     """Reverse-mode autograd, as Keras' torch trainer takes its gradient
-    (`torch.func.grad_and_value` gives the same numbers, but its
-    per-op dispatch cost 2.4-3.2x SGD on a ResNet-20 at batch 32).
+    (`torch.func.grad_and_value` gives the same numbers, but with its
+    per-op dispatch SAM cost 2.4-3.2x SGD on a ResNet-20 at batch 32).
 
-    At the top level the weights become fresh leaves and what the pass
-    returns is detached; inside another differentiation (`second_order`
-    differentiates through the ascent) the weights already carry a graph,
-    so the gradient is taken with `create_graph=True` through them.
+    At the top level (the step runs under `torch.no_grad()`) the weights
+    become fresh leaves and what the pass returns is detached. Inside
+    another differentiation (`second_order` differentiates through the
+    ascent: gradients are enabled there and the weights require them) the
+    gradient is taken through the weights with `create_graph=True`.
+    Keras' trainable variables always require gradients, so that alone
+    does not tell the two apart.
     """
 
     def value_and_grad(weights):
         flat = keras.tree.flatten(weights)
-        nested = any(w.requires_grad for w in flat)
+        nested = torch.is_grad_enabled() and any(
+            w.requires_grad for w in flat)
         with torch.enable_grad():
             leaves = flat if nested else [
                 w.detach().requires_grad_(True) for w in flat]
@@ -119,7 +123,7 @@ def apply_gradients(optimizer, grads, variables):
 
 def stateless_step(model, train_step):
     """The step as Keras' torch trainer calls it, under `torch.no_grad()`
-    (SAM's gradients are function transforms, which ignore it)."""
+    (SAM's gradient passes enable gradients for themselves only)."""
     del model
 
     @functools.wraps(train_step)
