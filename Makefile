@@ -1,9 +1,11 @@
 # The two commands of the README:
 #   make demo   set up .venv and run the noisy-label SAM vs SGD job on digits
-#   make test   set up .venv and run the test suite (TensorFlow's processes
-#               never import JAX or PyTorch: the doctests skip their backend
-#               folders, which tests/test_cross_backend.py runs in processes
-#               of their own)
+#   make test   set up .venv and run the test suite on TensorFlow (its
+#               processes never import JAX or PyTorch: the doctests skip
+#               their backend folders), then tests/core, the hand
+#               computations of every option, on JAX (its fast tier: XLA
+#               compiles the slow tier's recurrent cases for minutes) and
+#               on PyTorch, each with its backend folder's doctests
 # and CI's second job (.ci/run):
 #   make test-oldest   build the wheel, install it in a fresh venv with the
 #                      oldest declared versions, run the core test subset
@@ -29,6 +31,10 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q -n 2 tests --doctest-modules keras_sam \
 	  --ignore=keras_sam/backend/jax --ignore=keras_sam/backend/torch
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -n 2 -m "not slow" \
+	  tests/core --doctest-modules keras_sam/backend/jax
+	KERAS_BACKEND=torch $(BIN)/python -m pytest -q -n 2 tests/core \
+	  --doctest-modules keras_sam/backend/torch
 
 test-oldest:
 	bash .ci/run oldest

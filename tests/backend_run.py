@@ -2,12 +2,10 @@
 
 Run as `KERAS_BACKEND=<name> python -m tests.backend_run OUT [LOAD]` (a
 process per backend: Keras picks its backend once). It imports no
-TensorFlow on JAX and PyTorch, and writes to the folder OUT:
+TensorFlow on JAX and PyTorch, and writes to the folder OUT (the oracle
+matrix and the other hand computations of `tests/core` run on each backend
+directly: `make test`):
 
-- `cases.npz` + `cases.json`: the oracle matrix's cases
-  (`tests/matrix_cases.py`) that this backend runs: each model's initial
-  and trained variables and its logs after one `fit` step, which the test
-  checks against the float64 oracle on TensorFlow;
 - `twins.json`: rho = 0 twins against `keras.Model` on this backend (the
   drop-in rule): functional, Sequential, subclass and `from_model`, with
   dropout and BatchNorm, two epochs; bit-exact weights, History,
@@ -34,21 +32,6 @@ import numpy as np
 import keras_sam
 from tests import matrix_cases
 
-# The cases each backend runs: every family with plain SAM, every option
-# the functional step has on the Dense family, and the grouped and
-# statistics options on the families where they differ.
-CASES = (
-    [(family, "sam") for family in matrix_cases.FAMILIES]
-    + [("dense", option) for option in
-       ("p_inf", "asam", "sparse_fisher", "m2", "m3_with_leftover", "m1",
-        "ascent_steps_2", "second_order", "logit", "jacobian")]
-    + [("batch_normalization", o) for o in
-       ("m2", "m3_with_leftover", "asam", "second_order")]
-    + [("embedding", o) for o in ("m2", "p_inf", "sparse_fisher")]
-    + [("layer_normalization", "m1"), ("conv2d", "m2"),
-       ("layer_normalization", "logit"), ("embedding", "jacobian"),
-       ("multi_head_attention", "m3_with_leftover")]
-)
 REFUSED_OPTIONS = {
     "synced_statistics": {"sync_moving_statistics": True},
 }
@@ -108,30 +91,6 @@ def run_policies(out):
     np.savez(os.path.join(out, "policies.npz"), **arrays)
     with open(os.path.join(out, "policies.json"), "w") as f:
         json.dump(logs, f)
-
-
-def run_cases(out):
-    arrays, index = {}, {}
-    for family, option in CASES:
-        name = f"{family}-{option}"
-        x, y = matrix_cases.batch(family)
-        model = matrix_cases.sam_model(family, matrix_cases.OPTIONS[option])
-        before = numpy(model.trainable_variables + model.non_trainable_variables)
-        logs = matrix_cases.train_one_step(model, x, y)
-        after_t = numpy(model.trainable_variables)
-        after_n = numpy(model.non_trainable_variables)
-        for prefix, values in (("initial", before), ("trainable", after_t),
-                               ("state", after_n)):
-            for i, value in enumerate(values):
-                arrays[f"{name}/{prefix}/{i}"] = value
-        index[name] = {
-            "family": family, "option": option,
-            "counts": [len(before), len(after_t), len(after_n)],
-            "logs": {k: float(v) for k, v in logs.items()},
-        }
-    np.savez(os.path.join(out, "cases.npz"), **arrays)
-    with open(os.path.join(out, "cases.json"), "w") as f:
-        json.dump(index, f)
 
 
 # ------------------------------------------------------------------ twins
@@ -409,7 +368,6 @@ def main(argv):
     run_callbacks(out)
     run_policies(out)
     run_twins(out)
-    run_cases(out)
     with open(os.path.join(out, "done.json"), "w") as f:
         json.dump({"backend": keras.backend.backend(),
                    "tensorflow_imported":

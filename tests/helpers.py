@@ -6,7 +6,6 @@ network is `tests/reference.py`'s, the independent hand-written SAM.
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 import keras_sam
 from tests import reference
@@ -128,6 +127,8 @@ def mirrored(replicas=2):
     `ReductionToOneDevice` all-reduces without them, with the same result.
     Tests that need collectives on purpose build their own strategy.
     """
+    import tensorflow as tf
+
     return tf.distribute.MirroredStrategy(
         [f"/cpu:{i}" for i in range(replicas)],
         cross_device_ops=tf.distribute.ReductionToOneDevice(),

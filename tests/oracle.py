@@ -24,23 +24,40 @@ written here by hand from the papers, on plain lists of float64 tensors:
 g is the gradient at w of the compiled loss: sparse softmax cross-entropy
 of the logits averaged over the batch, plus the model's own losses
 (regularisers). All norms are global, over every trainable weight. A
-row-sparse gradient (an `Embedding`'s `tf.IndexedSlices`) is made dense
-with `tf.convert_to_tensor`, which sums the rows of repeated tokens.
+row-sparse gradient (an `Embedding`'s on TensorFlow) is made dense, which
+sums the rows of repeated tokens.
+
+It runs on the backend Keras runs on (`keras.ops`, gradients by
+`tests/autodiff.py`), in float64 (on JAX inside `jax.enable_x64`).
 """
 
 import contextlib
 import dataclasses
+import functools
 import math
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-DTYPE = tf.float64
+from tests import autodiff
+
+DTYPE = "float64"
 # Weight names (the variable name's last component) that ASAM leaves
 # unscaled (T = 1): biases and normalisation offsets.
 UNADAPTED_NAMES = ("bias", "beta")
+
+
+def in_float64(function):
+    """Runs `function` where float64 stays float64 (`autodiff.float64`)."""
+
+    @functools.wraps(function)
+    def wrapped(*args, **kwargs):
+        with autodiff.float64():
+            return function(*args, **kwargs)
+
+    return wrapped
 
 
 @contextlib.contextmanager
@@ -63,8 +80,13 @@ def exact_moments():
     mean constant inside the variance, `mean((x - stop_gradient(mean))^2)`:
     no change to the first derivative (tensorflow/tensorflow#19609 adds a
     note saying so), but a term of the second is dropped. JAX and PyTorch
-    differentiate the variance fully, as this does.
+    differentiate the variance fully, as this does (nothing to change on
+    their backends).
     """
+    if autodiff.BACKEND != "tensorflow":
+        yield
+        return
+    import tensorflow as tf
     from keras.src.backend.tensorflow import nn
 
     def moments(x, axes, keepdims):
@@ -82,6 +104,7 @@ def exact_moments():
         nn._compute_moments = original
 
 
+@in_float64
 def float64_twin(build: Callable[[], keras.Model], model) -> keras.Model:
     """The architecture `build()` makes, in float64, with `model`'s state.
 
@@ -103,7 +126,7 @@ def float64_twin(build: Callable[[], keras.Model], model) -> keras.Model:
         (v.name, tuple(v.shape)) for v in targets
     ], "the float64 twin must have the same variables in the same order"
     for source, target in zip(sources, targets):
-        target.assign(np.asarray(source.numpy()).astype(target.dtype))
+        target.assign(numpy(source).astype(target.dtype))
     return twin
 
 
@@ -152,8 +175,8 @@ class Options:
 class Forward(NamedTuple):
     """One training pass of the float64 model at some weights."""
 
-    logits: tf.Tensor  # the model's outputs
-    penalty: tf.Tensor  # the sum of the model's own losses (regularisers)
+    logits: Any  # the model's outputs
+    penalty: Any  # the sum of the model's own losses (regularisers)
     state: list  # the non-trainable values after the pass
 
 
@@ -168,12 +191,12 @@ class Step(NamedTuple):
     perturbed_state: list  # the same after a pass at w + eps
 
 
-def data_loss(y, logits) -> tf.Tensor:
-    """Sparse softmax cross-entropy of logits, averaged over the batch."""
-    per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
-        tf.cast(y, tf.int32), logits
-    )
-    return tf.reduce_mean(per_example)
+def data_loss(y, logits):
+    """Sparse softmax cross-entropy of logits, averaged over the batch:
+    the mean of -log softmax(logits)[y]."""
+    labels = ops.expand_dims(ops.convert_to_tensor(np.asarray(y), "int32"), -1)
+    picked = ops.take_along_axis(ops.log_softmax(logits, axis=-1), labels, -1)
+    return -ops.mean(picked)
 
 
 class Oracle:
@@ -184,14 +207,17 @@ class Oracle:
             current variables are w and the state every pass starts from.
     """
 
+    @in_float64
     def __init__(self, model):
         self.model = model
         self.weights = [
-            tf.constant(v.numpy(), DTYPE) for v in model.trainable_variables
+            ops.convert_to_tensor(numpy(v), DTYPE)
+            for v in model.trainable_variables
         ]
         self.names = [v.name for v in model.trainable_variables]
         self.state = [
-            tf.constant(v.numpy()) for v in model.non_trainable_variables
+            ops.convert_to_tensor(numpy(v))
+            for v in model.non_trainable_variables
         ]
 
     def forward(self, weights, x) -> Forward:
@@ -200,40 +226,32 @@ class Oracle:
             weights, self.state, _float64(x), training=True,
             return_losses=True,
         )
-        penalty = tf.add_n(
-            [tf.constant(0.0, DTYPE)] + [tf.cast(l, DTYPE) for l in losses]
-        )
+        penalty = sum((ops.cast(l, DTYPE) for l in losses),
+                      ops.convert_to_tensor(0.0, DTYPE))
         return Forward(logits, penalty, state)
 
-    def loss(self, weights, x, y) -> tf.Tensor:
+    def loss(self, weights, x, y):
         """L(weights): the compiled loss plus the model's own losses."""
         result = self.forward(weights, x)
         return data_loss(y, result.logits) + result.penalty
 
     def gradient(self, weights, x, y) -> list:
         """grad L(weights), dense."""
-        with tf.GradientTape() as tape:
-            tape.watch(weights)
-            loss = self.loss(weights, x, y)
-        return dense(tape.gradient(loss, weights), weights)
+        return autodiff.grad(lambda w: self.loss(w, x, y), weights)
 
-    def output_gradient(self, weights, x, y) -> tf.Tensor:
+    def output_gradient(self, weights, x, y):
         """dL/df at `weights`: the loss's gradient in the logits."""
         logits = self.forward(weights, x).logits
-        with tf.GradientTape() as tape:
-            tape.watch(logits)
-            loss = data_loss(y, logits)
-        return tape.gradient(loss, logits)
+        return autodiff.grad(lambda f: data_loss(y, f[0]), [logits])[0]
 
     def vjp(self, weights, x, cotangent) -> list:
         """grad over w of <cotangent, f(w)> + the model's own losses."""
-        with tf.GradientTape() as tape:
-            tape.watch(weights)
-            result = self.forward(weights, x)
-            surrogate = (
-                tf.reduce_sum(cotangent * result.logits) + result.penalty
-            )
-        return dense(tape.gradient(surrogate, weights), weights)
+
+        def surrogate(w):
+            result = self.forward(w, x)
+            return ops.sum(cotangent * result.logits) + result.penalty
+
+        return autodiff.grad(surrogate, weights)
 
     def shapes(self) -> list:
         return [w.shape for w in self.weights]
@@ -242,27 +260,26 @@ class Oracle:
 # ------------------------------------------------------- list arithmetic
 
 
+def numpy(t) -> np.ndarray:
+    """A tensor or variable of any backend as a NumPy array."""
+    return np.asarray(ops.convert_to_numpy(t))
+
+
+def is_floating(t) -> bool:
+    return keras.backend.is_float_dtype(keras.backend.standardize_dtype(
+        t.dtype))
+
+
 def _float64(x):
     """Floating inputs as float64, integer inputs (tokens) unchanged; a
     nested structure of inputs (a dict) input by input."""
 
     def cast(t):
-        t = tf.convert_to_tensor(t)
-        return tf.cast(t, DTYPE) if t.dtype.is_floating else t
+        t = np.asarray(t)
+        dtype = DTYPE if np.issubdtype(t.dtype, np.floating) else t.dtype
+        return ops.convert_to_tensor(t, dtype)
 
     return keras.tree.map_structure(cast, x)
-
-
-def dense(grads, weights) -> list:
-    """Gradients as dense tensors; zeros for unconnected weights.
-
-    `tf.convert_to_tensor` of a `tf.IndexedSlices` sums its duplicate rows
-    (a token looked up k times contributes k rows to the tape's answer).
-    """
-    return [
-        tf.zeros_like(w) if g is None else tf.convert_to_tensor(g)
-        for g, w in zip(grads, weights)
-    ]
 
 
 def add(a, b) -> list:
@@ -277,17 +294,17 @@ def times(a, b) -> list:
     return [x * y for x, y in zip(a, b)]
 
 
-def norm(tensors) -> tf.Tensor:
+def norm(tensors):
     """The global 2-norm of a list of tensors."""
-    return tf.sqrt(tf.add_n([tf.reduce_sum(t**2) for t in tensors]))
+    return ops.sqrt(sum(ops.sum(t**2) for t in tensors))
 
 
 def weighted(shares, lists) -> list:
     """sum_k shares[k] * lists[k], elementwise (integer state, such as a
     seed generator's, is the same in every list: the first)."""
     return [
-        tf.add_n([share * part for share, part in zip(shares, parts)])
-        if parts[0].dtype.is_floating else parts[0]
+        sum(share * part for share, part in zip(shares, parts))
+        if is_floating(parts[0]) else parts[0]
         for parts in zip(*lists)
     ]
 
@@ -295,7 +312,7 @@ def weighted(shares, lists) -> list:
 def max_difference(a, b) -> float:
     """The largest absolute difference between two lists of tensors."""
     return max(
-        float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+        float(np.max(np.abs(numpy(x) - numpy(y))))
         for x, y in zip(a, b)
     )
 
@@ -306,15 +323,15 @@ def max_difference(a, b) -> float:
 def dual(grads, rho, p) -> list:
     """eps of radius rho along `grads`: eq. 2 for p = 2 and p = inf."""
     if math.isinf(p):
-        return [rho * tf.sign(g) for g in grads]
+        return [rho * ops.sign(g) for g in grads]
     return scale(grads, rho / norm(grads))
 
 
 def project(u, rho, p) -> list:
     """u projected onto the ball ||u||_p <= rho (p = 2 or inf)."""
     if math.isinf(p):
-        return [tf.clip_by_value(t, -rho, rho) for t in u]
-    return scale(u, tf.minimum(1.0, rho / norm(u)))
+        return [ops.clip(t, -rho, rho) for t in u]
+    return scale(u, ops.minimum(1.0, rho / norm(u)))
 
 
 def adaptive_scale(weights, names, eta) -> list:
@@ -325,7 +342,7 @@ def adaptive_scale(weights, names, eta) -> list:
         return leaf not in UNADAPTED_NAMES and not leaf.endswith("_bias")
 
     return [
-        tf.abs(w) + eta if adapted(name) else tf.ones_like(w)
+        ops.abs(w) + eta if adapted(name) else ops.ones_like(w)
         for w, name in zip(weights, names)
     ]
 
@@ -339,7 +356,7 @@ def fisher_count(grads, fraction) -> int:
 def scores(grads) -> list:
     """Each trainable scalar's g^2, as NumPy arrays (one rounding, used
     both to find the threshold and to compare with it)."""
-    return [np.square(np.asarray(g)) for g in grads]
+    return [np.square(numpy(g)) for g in grads]
 
 
 def sorted_scores(grads) -> np.ndarray:
@@ -351,7 +368,8 @@ def fisher_mask(grads, fraction) -> list:
     """1 where g^2 is among the largest `fraction` of all scalars (ties at
     the threshold kept), else 0 (Mi et al.'s Fisher mask)."""
     threshold = sorted_scores(grads)[fisher_count(grads, fraction) - 1]
-    return [tf.constant(s >= threshold, DTYPE) for s in scores(grads)]
+    return [ops.convert_to_tensor(s >= threshold, DTYPE)
+            for s in scores(grads)]
 
 
 def fisher_margin(grads, fraction) -> float:
@@ -365,26 +383,60 @@ def fisher_margin(grads, fraction) -> float:
     return float((kept - dropped) / kept)
 
 
-def normal_draw(shapes, seed, step=0, replica=0) -> list:
-    """z ~ N(0, I) as keras_sam documents its random perturbation.
+def normal_draw(shapes, seed, step=0, replica=0, kind="random") -> list:
+    """z ~ N(0, I) as keras_sam documents its random draws on each
+    backend, drawn in float32 (as the step draws them), as float64 NumPy
+    arrays. `kind`: "random" (a random eps) or "mask" (a random mask; `step`
+    is then the step of the mask's last update).
 
-    A stateless draw from the seed pair [seed, step] folded with the
-    replica id, split into one seed per weight; drawn in float32 (as the
-    step draws it) and then widened.
+    - TensorFlow: stateless draws from the seed pair [seed, step] (a
+      mask's folded with 1) folded with the replica id, split into one
+      seed per weight;
+    - JAX: the key of `seed` (a mask's folded with 1) folded with the
+      step, split per weight;
+    - PyTorch: one generator seeded with (seed * 1000003 + step) * 2 (+ 1
+      for a mask), drawing the weights in turn.
     """
-    pair = tf.stack([tf.constant(seed, tf.int32), tf.constant(step, tf.int32)])
-    pair = tf.random.experimental.stateless_fold_in(pair, replica)
-    seeds = tf.random.experimental.stateless_split(pair, num=len(shapes))
-    draws = [
-        tf.random.stateless_normal(shape, seed, dtype=tf.float32)
-        for shape, seed in zip(shapes, tf.unstack(seeds))
-    ]
-    return [tf.cast(z, DTYPE) for z in draws]
+    mask = int(kind == "mask")
+    if autodiff.BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        pair = tf.constant([seed, step], tf.int32)
+        if mask:
+            pair = tf.random.experimental.stateless_fold_in(pair, 1)
+        pair = tf.random.experimental.stateless_fold_in(pair, replica)
+        seeds = tf.random.experimental.stateless_split(pair, num=len(shapes))
+        draws = [
+            tf.random.stateless_normal(shape, s, dtype=tf.float32)
+            for shape, s in zip(shapes, tf.unstack(seeds))
+        ]
+    elif autodiff.BACKEND == "jax":
+        import jax
+
+        assert replica == 0, "one device"
+        key = jax.random.key(seed)
+        if mask:
+            key = jax.random.fold_in(key, 1)
+        key = jax.random.fold_in(key, step)
+        keys = jax.random.split(key, len(shapes))
+        draws = [jax.random.normal(k, tuple(shape), "float32")
+                 for k, shape in zip(keys, shapes)]
+    else:
+        import torch
+
+        assert replica == 0, "one device"
+        generator = torch.Generator().manual_seed(
+            (seed * 1_000_003 + step) * 2 + mask
+        )
+        draws = [torch.randn(tuple(shape), generator=generator)
+                 for shape in shapes]
+    return [numpy(z).astype(np.float64) for z in draws]
 
 
 def random_eps(oracle, rho, seed) -> list:
     """rho z/||z||, z ~ N(0, I) (Foret et al. appendix C.5)."""
-    z = normal_draw(oracle.shapes(), seed)
+    z = [ops.convert_to_tensor(a, DTYPE)
+         for a in normal_draw(oracle.shapes(), seed)]
     return scale(z, rho / norm(z))
 
 
@@ -429,16 +481,16 @@ def second_order_gradient(oracle, x, y, rho) -> tuple:
     Returns:
         `(gradient, eps)`.
     """
+
+    def eps_of(w):
+        g = oracle.gradient(w, x, y)
+        return scale(g, rho / norm(g))
+
+    def perturbed_loss(w):
+        return oracle.loss(add(w, eps_of(w)), x, y)
+
     w = oracle.weights
-    with tf.GradientTape() as outer:
-        outer.watch(w)
-        with tf.GradientTape() as inner:
-            inner.watch(w)
-            loss = oracle.loss(w, x, y)
-        g = dense(inner.gradient(loss, w), w)
-        eps = scale(g, rho / norm(g))
-        perturbed = oracle.loss(add(w, eps), x, y)
-    return dense(outer.gradient(perturbed, w), w), eps
+    return autodiff.grad(perturbed_loss, w), eps_of(w)
 
 
 def descent_gradient(oracle, x, y, eps, rule) -> list:
@@ -481,6 +533,7 @@ def group_step(oracle, x, y, rho, options) -> Step:
     )
 
 
+@in_float64
 def sam_step(oracle, x, y, rho, **options) -> Step:
     """The reference of one SAM step of `oracle`'s model on (x, y).
 
@@ -521,6 +574,7 @@ def sam_step(oracle, x, y, rho, **options) -> Step:
     )
 
 
+@in_float64
 def sgd_weights(oracle, grads, learning_rate=1.0) -> list:
     """w - learning_rate * grads."""
     return [w - learning_rate * g for w, g in zip(oracle.weights, grads)]

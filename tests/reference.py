@@ -1,17 +1,17 @@
 """An independent reference implementation of SAM for the tests.
 
-Written with plain TensorFlow ops on an explicit list of weights, and
-deliberately not importing keras_sam: the tests compare keras_sam's steps
-against these hand computations of Foret et al.'s Algorithm 1.
+Written by hand in NumPy (float64), with the network's gradient derived
+on paper, and deliberately importing neither keras_sam nor a Keras
+backend: the tests compare keras_sam's steps, on any backend, against
+these hand computations of Foret et al.'s Algorithm 1.
 
-The reference network is the one `tiny_mlp` builds in Keras:
+The reference network is the one `tiny_layers` builds in Keras:
 x -> Dense(5, tanh, L2(l2) on the kernel) -> Dense(3) logits, trained with
 sparse softmax cross-entropy averaged over the batch.
 """
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 L2 = 0.01
 INPUT_DIM, HIDDEN, CLASSES = 4, 5, 3
@@ -37,34 +37,72 @@ def tiny_data(n=8, seed=0):
     return x, y
 
 
+def _float64(tensors):
+    return [np.asarray(t, np.float64) for t in tensors]
+
+
+def forward(weights, x):
+    """The hidden activations and the logits at `weights`."""
+    kernel1, bias1, kernel2, bias2 = _float64(weights)
+    hidden = np.tanh(np.asarray(x, np.float64) @ kernel1 + bias1)
+    return hidden, hidden @ kernel2 + bias2
+
+
+def _log_softmax(logits):
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
 def loss(weights, x, y, sample_weight=None):
-    """The compiled loss of the reference network, written by hand."""
-    kernel1, bias1, kernel2, bias2 = weights
-    hidden = tf.tanh(x @ kernel1 + bias1)
-    logits = hidden @ kernel2 + bias2
-    per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)
+    """The compiled loss of the reference network: cross-entropy summed
+    over the batch and divided by its size (Keras'
+    "sum_over_batch_size"), plus the kernel's L2 penalty."""
+    _, logits = forward(weights, x)
+    per_example = -_log_softmax(logits)[np.arange(len(y)), np.asarray(y)]
     if sample_weight is not None:
-        per_example = per_example * sample_weight
-    # Keras' "sum_over_batch_size": divide by the batch size.
-    n = tf.cast(tf.shape(x)[0], per_example.dtype)
-    data_loss = tf.reduce_sum(per_example) / n
-    return data_loss + L2 * tf.reduce_sum(tf.square(kernel1))
+        per_example = per_example * np.asarray(sample_weight, np.float64)
+    penalty = L2 * np.sum(np.square(np.asarray(weights[0], np.float64)))
+    return np.sum(per_example) / len(y) + penalty
+
+
+def output_gradient(weights, x, y, sample_weight=None):
+    """dL/dlogits: (softmax - one_hot(y)) / n, times the sample weights."""
+    _, logits = forward(weights, x)
+    d_logits = np.exp(_log_softmax(logits))
+    d_logits[np.arange(len(y)), np.asarray(y)] -= 1.0
+    if sample_weight is not None:
+        d_logits *= np.asarray(sample_weight, np.float64)[:, None]
+    return d_logits / len(y)
+
+
+def vjp(weights, x, cotangent):
+    """The gradient over the weights of <cotangent, logits> + the L2
+    penalty, by the chain rule through the two layers."""
+    kernel1, _, kernel2, _ = _float64(weights)
+    hidden, _ = forward(weights, x)
+    cotangent = np.asarray(cotangent, np.float64)
+    d_hidden = (cotangent @ kernel2.T) * (1.0 - np.square(hidden))
+    return [
+        np.asarray(x, np.float64).T @ d_hidden + 2.0 * L2 * kernel1,
+        d_hidden.sum(axis=0),
+        hidden.T @ cotangent,
+        cotangent.sum(axis=0),
+    ]
 
 
 def gradient(weights, x, y, sample_weight=None):
-    weights = [tf.convert_to_tensor(w) for w in weights]
-    with tf.GradientTape() as tape:
-        tape.watch(weights)
-        value = loss(weights, x, y, sample_weight)
-    return tape.gradient(value, weights)
+    """grad L(weights)."""
+    return vjp(weights, x, output_gradient(weights, x, y, sample_weight))
 
 
 def sam_gradient(weights, x, y, rho, sample_weight=None):
     """Algorithm 1: the gradient at w + rho g / ||g||_2 (g at w)."""
     grads = gradient(weights, x, y, sample_weight)
-    norm = tf.sqrt(sum(tf.reduce_sum(g**2) for g in grads))
-    perturbed = [w + rho * g / norm for w, g in zip(weights, grads)]
+    norm = np.sqrt(sum(np.sum(np.square(g)) for g in grads))
+    perturbed = [w + rho * g / norm for w, g in zip(_float64(weights), grads)]
     return gradient(perturbed, x, y, sample_weight)
+
+
 
 
 def grouped_sam_gradient(weights, x, y, rho, group_size):
@@ -96,5 +134,5 @@ def adam_update(weights, grads, learning_rate, beta1=0.9, beta2=0.999):
         m = (1 - beta1) * g
         v = (1 - beta2) * g**2
         alpha = learning_rate * np.sqrt(1 - beta2) / (1 - beta1)
-        updated.append(w - alpha * m / (tf.sqrt(v) + epsilon))
+        updated.append(w - alpha * m / (np.sqrt(v) + epsilon))
     return updated

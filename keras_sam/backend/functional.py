@@ -26,6 +26,7 @@ from keras import ops
 
 from keras_sam import _keras
 from keras_sam.backend.state import check_groups_of_one
+from keras_sam.backend.state import moving_statistics
 from keras_sam.backend.state import state_variables
 from keras_sam.core import perturbation
 from keras_sam.core import policy
@@ -376,12 +377,7 @@ def _merged_updates(model, updates: dict, state: list, sizes: list) -> dict:
     the same in every group.
     """
     metric_ids = {id(v) for v in model.metrics_variables}
-    averaged = {
-        id(v)
-        for layer in _keras.flatten_layers(model)
-        if isinstance(layer, keras.layers.BatchNormalization)
-        for v in (layer.moving_mean, layer.moving_variance)
-    }
+    averaged = moving_statistics(model)
     total = float(sum(sizes))
     merged = {}
     for i, values in updates.items():

@@ -4,7 +4,9 @@ A leaf module shared by every backend's step: the TensorFlow step, its
 exact 1-SAM path (`per_example.py`) and the functional step all collect
 the state a pass records in its
 `keras.StatelessScope`, in the same order, so that their updates index
-into one list. Also the one check of groups against the model's layers
+into one list. Also which of that state is BatchNormalization's moving
+statistics (averaged over groups and, if asked, replicas), and the one
+check of groups against the model's layers
 (1-SAM and BatchNormalization).
 """
 
@@ -29,6 +31,18 @@ def state_variables(model) -> list:
             seen.add(id(v))
             unique.append(v)
     return unique
+
+
+def moving_statistics(model) -> set:
+    """ids of BatchNormalization's moving means and variances: averages
+    of a batch's statistics, so groups' (and replicas') updates to them
+    are averaged, not added."""
+    return {
+        id(v)
+        for layer in _keras.flatten_layers(model)
+        if isinstance(layer, keras.layers.BatchNormalization)
+        for v in (layer.moving_mean, layer.moving_variance)
+    }
 
 
 def check_groups_of_one(model, m) -> None:

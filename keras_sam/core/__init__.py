@@ -10,6 +10,7 @@
   those policies keep, with the backend's conditional passed in.
 
 Each backend's half (the pass itself, groups, the conditional step,
-committing state) is in `keras_sam/backend/`; `tests/core/test_backends.py`
-runs this half on TensorFlow, JAX and PyTorch.
+committing state) is in `keras_sam/backend/`; `make test` runs
+`tests/core` (every option against hand computations) on TensorFlow, JAX
+and PyTorch.
 """

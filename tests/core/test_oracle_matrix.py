@@ -20,6 +20,17 @@ differs from the plain gradient (and a variant's from plain SAM's, and
 BatchNorm's statistics at w from those at w + eps) by more than
 DISTINCT = 50 ATOL, so that no case can pass by accident.
 
+One case has a wider tolerance, 1e-4 (still 10 times under DISTINCT):
+BatchNormalization with groups of two examples (m=2). A feature's variance
+over two values can be near 0, and 1/sqrt(variance + 1e-3) multiplies
+the rounding in the variance's gradient by up to 32. JAX and PyTorch
+differentiate the variance through the batch mean too (a term that is 0
+but for rounding), so there the float32 step lands 2.4e-5 from the oracle
+(2.7e-5 on PyTorch, 3e-6 on TensorFlow, same initial weights).
+
+The matrix runs on every backend (`KERAS_BACKEND=jax` or `torch`: the
+oracle then differentiates with that backend, `tests/autodiff.py`).
+
 Documented exclusions: m=1 (1-SAM) refuses BatchNormalization, so that
 case expects the ValueError that says so.
 """
@@ -34,11 +45,13 @@ from tests.matrix_cases import DISTINCT
 from tests.matrix_cases import FAMILIES
 from tests.matrix_cases import OPTIONS
 from tests.matrix_cases import RHO
-from tests.matrix_cases import RTOL
 from tests.matrix_cases import batch
 from tests.matrix_cases import sam_model
 from tests.matrix_cases import train_one_step
 
+# (family, option) -> its tolerance where ATOL = RTOL is too tight for
+# float32 (see the module's docstring).
+TOLERANCE = {("batch_normalization", "m2"): 1e-4}
 # Documented refusals: (family, option) -> the ValueError's message.
 REFUSED = {
     ("batch_normalization", "m1"): "m=1 .* BatchNormalization",
@@ -71,18 +84,19 @@ CASES = [_case(f, o) for f in FAMILIES for o in OPTIONS]
 
 def snapshot(variables) -> tuple:
     """The variables' paths and values (NumPy)."""
-    return [v.path for v in variables], [v.numpy() for v in variables]
+    return [v.path for v in variables], [oracle.numpy(v) for v in variables]
 
 
-def assert_all_close(names, actual, expected, what):
-    """Every tensor within tolerance; the message lists each mismatch."""
+def assert_all_close(names, actual, expected, what, tolerance=ATOL):
+    """Every tensor within `tolerance` (absolute and relative); the
+    message lists each mismatch."""
     mismatches = []
     for name, a, e in zip(names, actual, expected):
         a, e = np.asarray(a), np.asarray(e)
         if not np.issubdtype(e.dtype, np.floating):  # a seed: exactly
             close = np.array_equal(a, e)
         else:
-            close = np.allclose(a, e, atol=ATOL, rtol=RTOL)
+            close = np.allclose(a, e, atol=tolerance, rtol=tolerance)
         if not close:
             mismatches.append(
                 f"{name}: max |diff| {np.max(np.abs(a - e)):.3g} "
@@ -111,7 +125,7 @@ def assert_well_posed(twin, expected, options, x, y):
         assert margin > 1e-3, f"Fisher threshold margin {margin:.3g}"
     statistics = [
         (a, b) for a, b in zip(expected.state, expected.perturbed_state)
-        if a.dtype.is_floating  # not a seed generator's state
+        if oracle.is_floating(a)  # not a seed generator's state
     ]
     if statistics:
         assert_distinct(*zip(*statistics), "the statistics at w and w + eps")
@@ -138,20 +152,22 @@ def test_one_step_matches_the_float64_oracle(family, option):
 
     logs = train_one_step(model, x, y)
 
+    tolerance = TOLERANCE.get((family, option), ATOL)
     assert_all_close(
         *snapshot(model.trainable_variables),
         oracle.sgd_weights(twin, expected.sam_grads), "trained weights",
+        tolerance,
     )
     assert_all_close(
         *snapshot(model.non_trainable_variables), expected.state,
-        "non-trainable state (moving statistics)",
+        "non-trainable state (moving statistics)", tolerance,
     )
     if options.get("perturbation", "gradient") == "gradient":
         np.testing.assert_allclose(
-            logs["grad_norm"], expected.grad_norm, rtol=RTOL, atol=ATOL,
-            err_msg="grad_norm",
+            logs["grad_norm"], expected.grad_norm, rtol=tolerance,
+            atol=tolerance, err_msg="grad_norm",
         )
     np.testing.assert_allclose(
-        logs["sharpness"], expected.sharpness, rtol=RTOL, atol=ATOL,
-        err_msg="sharpness",
+        logs["sharpness"], expected.sharpness, rtol=tolerance,
+        atol=tolerance, err_msg="sharpness",
     )

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-import tensorflow as tf
+from keras import ops
 
 from keras_sam.core import perturbation
 
@@ -10,13 +10,13 @@ from keras_sam.core import perturbation
 def grads_fixture(seed=0):
     rng = np.random.default_rng(seed)
     return [
-        tf.constant(rng.normal(size=(3, 4)), tf.float32),
-        tf.constant(rng.normal(size=(5,)), tf.float32),
+        ops.convert_to_tensor(rng.normal(size=(3, 4)), "float32"),
+        ops.convert_to_tensor(rng.normal(size=(5,)), "float32"),
     ]
 
 
 def flat(tensors):
-    return np.concatenate([np.ravel(np.asarray(t)) for t in tensors])
+    return np.concatenate([np.ravel(ops.convert_to_numpy(t)) for t in tensors])
 
 
 @pytest.mark.parametrize("p", [1.5, 2.0, 3.0, float("inf")])
@@ -48,10 +48,11 @@ def test_p2_is_the_normalised_gradient_and_inf_the_sign():
 
 @pytest.mark.parametrize("p", [2.0, 3.0, float("inf")])
 def test_zero_and_non_finite_gradients_give_zero_perturbation(p):
-    zeros = [tf.zeros((2, 2)), tf.zeros((3,))]
+    zeros = [ops.zeros((2, 2)), ops.zeros((3,))]
     eps = perturbation.dual_vector(zeros, 0.1, p)
     np.testing.assert_array_equal(flat(eps), 0.0)
-    poisoned = [tf.constant([[1.0, np.inf]]), tf.constant([np.nan])]
+    poisoned = [ops.convert_to_tensor([[1.0, np.inf]]),
+                ops.convert_to_tensor([np.nan])]
     eps = perturbation.dual_vector(poisoned, 0.1, p)
     np.testing.assert_array_equal(flat(eps), 0.0)
 

@@ -20,6 +20,7 @@ from keras_sam import _keras
 from keras_sam.backend.tensorflow import groups
 from keras_sam.backend.tensorflow import per_example
 from keras_sam.backend.tensorflow import sync
+from keras_sam.backend.state import moving_statistics
 from keras_sam.backend.state import state_variables
 from keras_sam.core import perturbation
 from keras_sam.core import policy
@@ -336,7 +337,7 @@ def _grouped(model, evaluate, batch, options, rho, normal, use_sam, m, state):
         )
         metric_ids = {id(v) for v in model.metrics_variables}
         updates = groups.merge_updates(
-            updates, state, _averaged_statistics(model), metric_ids, sizes
+            updates, state, moving_statistics(model), metric_ids, sizes
         )
         return grads, y_pred, stats, updates
 
@@ -378,17 +379,6 @@ def _concatenated(parts):
     sizes = tf.concat([tf.cast(p[1], tf.int32) for p in parts], 0)
     joined = tf.nest.map_structure(lambda *t: tf.concat(t, 0), *outputs)
     return joined, sizes
-
-
-def _averaged_statistics(model) -> set:
-    """ids of BatchNormalization's moving statistics: their groups' update
-    is the size-weighted mean (each an average of its group's batch)."""
-    return {
-        id(v)
-        for layer in _keras.flatten_layers(model)
-        if isinstance(layer, keras.layers.BatchNormalization)
-        for v in (layer.moving_mean, layer.moving_variance)
-    }
 
 
 def _branch(model, options, use_sam, sam, base):

@@ -7,10 +7,9 @@ them across replicas after the optimizer's own all-reduce, as SyncBatchNorm
 users expect.
 """
 
-import keras
 import tensorflow as tf
 
-from keras_sam import _keras
+from keras_sam.backend.state import moving_statistics
 
 
 def sync_statistics(deferred):
@@ -37,9 +36,4 @@ def synced_statistics(model, options) -> set:
         return set()
     if context.num_replicas_in_sync == 1:
         return set()
-    return {
-        id(v)
-        for layer in _keras.flatten_layers(model)
-        if isinstance(layer, keras.layers.BatchNormalization)
-        for v in (layer.moving_mean, layer.moving_variance)
-    }
+    return moving_statistics(model)

@@ -9,10 +9,12 @@ m-groups run one after another (eager PyTorch gains little from
 `torch.func.vmap`, which not every Keras layer supports).
 """
 
+import contextlib
 import functools
 
 import keras
 import torch
+import torch.nn.attention
 
 from keras_sam.backend import functional
 
@@ -123,12 +125,22 @@ def apply_gradients(optimizer, grads, variables):
 
 def stateless_step(model, train_step):
     """The step as Keras' torch trainer calls it, under `torch.no_grad()`
-    (SAM's gradient passes enable gradients for themselves only)."""
-    del model
+    (SAM's gradient passes enable gradients for themselves only).
+
+    `second_order` differentiates the gradient pass again, and PyTorch's
+    fused attention kernels (flash, memory-efficient) have no double
+    backward (pytorch/pytorch#116350): there the step runs
+    `scaled_dot_product_attention` on its math kernel, which has one."""
+    second_order = model.sam_options.second_order
 
     @functools.wraps(train_step)
     def step(data):
-        with torch.no_grad():
+        kernel = (
+            torch.nn.attention.sdpa_kernel(
+                torch.nn.attention.SDPBackend.MATH)
+            if second_order else contextlib.nullcontext()
+        )
+        with torch.no_grad(), kernel:
             return train_step(data)
 
     return step
