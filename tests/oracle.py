@@ -71,39 +71,6 @@ def float64_policy():
         keras.config.set_dtype_policy(previous)
 
 
-@contextlib.contextmanager
-def exact_moments():
-    """BatchNormalization's batch variance with its full derivative, inside
-    the block, for the oracle of a step differentiated twice.
-
-    TensorFlow's `tf.nn.moments` (Keras' TensorFlow `moments`) holds the
-    mean constant inside the variance, `mean((x - stop_gradient(mean))^2)`:
-    no change to the first derivative (tensorflow/tensorflow#19609 adds a
-    note saying so), but a term of the second is dropped. JAX and PyTorch
-    differentiate the variance fully, as this does (nothing to change on
-    their backends).
-    """
-    if autodiff.BACKEND != "tensorflow":
-        yield
-        return
-    import tensorflow as tf
-    from keras.src.backend.tensorflow import nn
-
-    def moments(x, axes, keepdims):
-        mean = tf.reduce_mean(x, axes, keepdims=True)
-        variance = tf.reduce_mean(tf.square(x - mean), axes, keepdims=True)
-        if not keepdims:
-            mean, variance = tf.squeeze(mean, axes), tf.squeeze(variance, axes)
-        return mean, variance
-
-    original = nn._compute_moments
-    nn._compute_moments = moments
-    try:
-        yield
-    finally:
-        nn._compute_moments = original
-
-
 @in_float64
 def float64_twin(build: Callable[[], keras.Model], model) -> keras.Model:
     """The architecture `build()` makes, in float64, with `model`'s state.
