@@ -246,7 +246,15 @@ class SAMModel(MultiWorkerFix, _keras.ClonedSettings, keras.Model):
         step = backend.step_module().stateless_step(self, bound)
         if step is not bound or checked is not method:
             object.__setattr__(self, "train_step", step)
-        return super().make_train_function(force=force)
+        # Keras compiles the whole step under `jit_compile=True`; the
+        # TensorFlow step may compile its passes instead (read when Keras
+        # makes the function, so the setting is only lent for that).
+        jit_compile = self.jit_compile
+        self.jit_compile = backend.step_module().whole_step_compiled(self)
+        try:
+            return super().make_train_function(force=force)
+        finally:
+            self.jit_compile = jit_compile
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Keras' TF trainer builds a lazily built model (a subclass, a

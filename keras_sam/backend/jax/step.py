@@ -145,6 +145,11 @@ def apply_gradients(optimizer, grads, variables):
         variable.assign(value)
 
 
+def whole_step_compiled(model) -> bool:
+    """Keras compiles the whole step when `jit_compile=True`."""
+    return model.jit_compile is True
+
+
 def stateless_step(model, train_step):
     """`train_step(data) -> logs` as Keras' JAX trainer calls a step.
 

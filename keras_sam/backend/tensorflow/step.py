@@ -51,14 +51,15 @@ def make_evaluate(model, state: list, dense=False, traced=False):
     by both passes and both branches of the conditional, so that SAM's
     first call traces the model once, as Keras' own step does (not under
     an outer tape: `second_order` differentiates through the passes).
+    Under `compiles_passes(model)` XLA compiles that function.
     """
     variables = model.trainable_variables
     training = _keras.call_has_training_arg(model)
     optimizer = model.optimizer
 
     def evaluate(weights, batch, output_grads=False, need_grads=True):
-        if gradient_pass is not None and need_grads and not output_grads:
-            return gradient_pass(weights, batch)
+        if gradient_pass is not None and not output_grads:
+            return gradient_pass(weights, batch, need_grads)
         return _evaluate(weights, batch, output_grads, need_grads)
 
     def _evaluate(weights, batch, output_grads, need_grads):
@@ -115,19 +116,19 @@ def make_evaluate(model, state: list, dense=False, traced=False):
 
     gradient_pass = None
     if traced and tf.inside_function():
-        gradient_pass = _one_trace(_evaluate)
+        gradient_pass = _one_trace(_evaluate, compiles_passes(model))
     return evaluate
 
 
-def _one_trace(evaluate):
-    """`evaluate(weights, batch)` with gradients, as a `tf.function`
-    (retraced only for another batch signature). What its boundary drops
-    is put back: the outputs' Keras masks, and a row-sparse gradient's
-    static dense shape (its weight's)."""
+def _one_trace(evaluate, jit_compile):
+    """`evaluate(weights, batch, need_grads)` as a `tf.function` (retraced
+    only for another batch signature or `need_grads`), compiled by XLA if
+    `jit_compile`. What its boundary drops is put back: the outputs' Keras
+    masks, and a row-sparse gradient's static dense shape (its weight's)."""
 
-    @tf.function(autograph=False)
-    def gradient_pass(weights, batch):
-        one = evaluate(weights, batch, False, True)._replace(vjp=None)
+    @tf.function(autograph=False, jit_compile=jit_compile)
+    def gradient_pass(weights, batch, need_grads):
+        one = evaluate(weights, batch, False, need_grads)._replace(vjp=None)
         return one, _keras.output_masks(one.y_pred)
 
     def shaped(grads, weights):
@@ -140,8 +141,11 @@ def _one_trace(evaluate):
             for g, w in zip(grads, weights)
         ]
 
-    def call(weights, batch):
-        one, masks = gradient_pass(list(weights), batch)
+    def call(weights, batch, need_grads):
+        # As tensors: the weights at w are variables, at w + eps tensors,
+        # and a variable argument would trace (and compile) a second time.
+        values = [tf.convert_to_tensor(w) for w in weights]
+        one, masks = gradient_pass(values, batch, need_grads)
         return one._replace(
             y_pred=_keras.with_masks(one.y_pred, masks),
             grads=shaped(one.grads, weights),
@@ -384,7 +388,7 @@ def _concatenated(parts):
 def _branch(model, options, use_sam, sam, base):
     """`tf.cond(use_sam, sam, base)`: a step that skips SAM costs one pass.
 
-    Except under XLA on CPU, whose convolutions inside a conditional (or a
+    Except where XLA compiles the whole step on a CPU, whose convolutions inside a conditional (or a
     loop) lose their fast path and run about 100 times slower
     (jax-ml/jax#12868, open; measured 9.8 s vs 0.1 s per step on the
     benchmark CNN): there, when only rho decides, the SAM branch runs
@@ -405,10 +409,35 @@ def _branch(model, options, use_sam, sam, base):
 
 
 def _xla_on_cpu(model) -> bool:
-    return model.jit_compile is True and not (
+    return whole_step_compiled(model) and not (
         tf.config.list_logical_devices("GPU")
         or tf.config.list_logical_devices("TPU")
     )
+
+
+def compiles_passes(model) -> bool:
+    """Whether XLA compiles SAM's gradient pass rather than its whole step.
+
+    Under `jit_compile=True`, where every pass of the step is the one
+    traced gradient pass (no `second_order`, no m-groups, `gradient_rule=
+    "sam"`), XLA compiles that pass alone: called two or three times with
+    the same shapes, it is compiled once, the size of `keras.Model`'s step,
+    where a compiled whole step holds every pass and compiles each (2.6x
+    SGD's compile time on ResNet-20). The rest of the step (norms, eps,
+    the conditional, the optimizer) runs in TensorFlow's graph.
+    """
+    options = model.sam_options
+    return (
+        model.jit_compile is True
+        and options.m is None
+        and not options.second_order
+        and options.gradient_rule == "sam"
+    )
+
+
+def whole_step_compiled(model) -> bool:
+    """Whether Keras should compile the whole step with XLA."""
+    return model.jit_compile is True and not compiles_passes(model)
 
 
 def summed_rows(grad):

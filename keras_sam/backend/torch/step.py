@@ -123,6 +123,11 @@ def apply_gradients(optimizer, grads, variables):
     optimizer.apply(grads, variables)
 
 
+def whole_step_compiled(model) -> bool:
+    """Keras compiles the whole step when `jit_compile=True`."""
+    return model.jit_compile is True
+
+
 def stateless_step(model, train_step):
     """The step as Keras' torch trainer calls it, under `torch.no_grad()`
     (SAM's gradient passes enable gradients for themselves only).
