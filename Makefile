@@ -5,7 +5,10 @@
 #               their backend folders), then tests/core, the hand
 #               computations of every option, on JAX (its fast tier: XLA
 #               compiles the slow tier's recurrent cases for minutes) and
-#               on PyTorch, each with its backend folder's doctests
+#               on PyTorch, each with its backend folder's doctests; not
+#               the `extended` tests (the command-line tools end to end,
+#               the full Keras suite), which
+#   make test-extended   runs
 # and CI's second job (.ci/run):
 #   make test-oldest   build the wheel, install it in a fresh venv with the
 #                      oldest declared versions, run the core test subset
@@ -14,7 +17,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup demo test test-oldest
+.PHONY: setup demo test test-extended test-oldest
 
 $(BIN)/.installed: requirements.txt setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -29,12 +32,16 @@ demo: setup
 	$(BIN)/python -m experiments.noisy_labels --workdir=runs/demo
 
 test: setup
-	$(BIN)/python -m pytest -q -n 2 tests --doctest-modules keras_sam \
+	$(BIN)/python -m pytest -q -n 2 -m "not extended" tests \
+	  --doctest-modules keras_sam \
 	  --ignore=keras_sam/backend/jax --ignore=keras_sam/backend/torch
 	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -n 2 -m "not slow" \
 	  tests/core --doctest-modules keras_sam/backend/jax
 	KERAS_BACKEND=torch $(BIN)/python -m pytest -q -n 2 tests/core \
 	  --doctest-modules keras_sam/backend/torch
+
+test-extended: setup
+	$(BIN)/python -m pytest -q -n 2 -m extended tests
 
 test-oldest:
 	bash .ci/run oldest

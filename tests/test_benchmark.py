@@ -84,6 +84,7 @@ def assert_every_method_said(stdout, backend, methods):
     assert "| sgd |" not in stdout  # no step ran
 
 
+@pytest.mark.extended  # more of what the smoke test checks
 @pytest.mark.parametrize("backend", ["tensorflow", "torch"])
 def test_dry_run_builds_every_method(backend):
     # Every METHODS entry is built and compiled, or reported as refused by
@@ -98,6 +99,7 @@ def test_dry_run_builds_every_method(backend):
         assert "skipped" not in result.stdout
 
 
+@pytest.mark.extended  # more of what the smoke test checks
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_smoke_on_another_backend(tmp_path, backend):
     stdout, rows = run_tool(
@@ -116,6 +118,7 @@ def test_smoke_on_another_backend(tmp_path, backend):
     assert float(rows[0]["ratio_to_sgd"]) == 1.0
 
 
+@pytest.mark.extended  # more of what the smoke test checks
 def test_smoke_under_a_mirrored_strategy(tmp_path):
     _, rows = run_tool(
         tmp_path, "--smoke", "--nojit", "--model=cnn", "--strategy=mirrored",

@@ -11,7 +11,11 @@ import pytest
 
 from keras_sam.model import SAMModel
 
-pytestmark = pytest.mark.slow  # runs the CLI in a subprocess
+pytestmark = [
+    pytest.mark.slow,  # runs the CLI in a subprocess
+    # the diagnostics it reports are tested in tests/diagnostics
+    pytest.mark.extended,
+]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -124,6 +124,7 @@ def test_m_sharpness_methods():
         m_sharpness.methods_for(dataclasses.replace(config, ms=(3,)))
 
 
+@pytest.mark.extended  # tfds loading: test_noise_robustness_mock_tfds
 @pytest.mark.slow  # end-to-end study run
 def test_m_sharpness_mock_tfds(tmp_path):
     config = m_sharpness.Config(
@@ -174,6 +175,7 @@ def test_ablations_step_increase_ends_at_rho():
     assert {m.key: m for m in methods}["step_increase"].sam["rho"] == 0.1
 
 
+@pytest.mark.extended  # tfds loading: test_noise_robustness_mock_tfds
 @pytest.mark.slow  # end-to-end study run
 def test_ablations_mock_tfds(tmp_path):
     config = ablations.Config(
@@ -200,6 +202,7 @@ def test_baek_table1_digits(tmp_path):
     assert "69.5" in baek_table1.report(out["results"], config, 1.0, "x")
 
 
+@pytest.mark.extended  # tfds loading: test_noise_robustness_mock_tfds
 @pytest.mark.slow  # end-to-end study run
 def test_baek_table1_mock_tfds(tmp_path):
     config = baek_table1.Config(

@@ -10,13 +10,13 @@ Keras itself, except the entries of `known_differences.KNOWN`, which must
 fail, and for their stated reason (strict accounting: a fixed defect fails
 this test until its entry is removed).
 
-The `direct` flavour runs all 306 Keras tests (about 110 of them build a
-SAM model), 3 to 3.7 CPU-minutes; plain Keras alone (`python -m
-tests.keras_suite.plugin keras`, the control) takes as long, so SAM adds
-little. The other flavours rerun only the tests that built a SAM model
-(`sam_building.txt`, which the `direct` test keeps exact), so the three
-run in parallel.
-Hence `slow`.
+`test_keras_suite_direct` runs all 306 Keras tests in the `direct`
+flavour (about 110 of them build a SAM model), 3 to 3.7 CPU-minutes;
+plain Keras alone (`python -m tests.keras_suite.plugin keras`, the
+control) takes as long, so SAM adds little. It keeps `sam_building.txt`
+exact, the tests that build a SAM model, and runs with `make
+test-extended`; `make test` (CI) runs those listed tests in every flavour,
+about 1.2 CPU-minutes each, in parallel. Hence `slow`.
 """
 
 import os
@@ -110,10 +110,12 @@ SAM_BUILDING = os.path.join(os.path.dirname(__file__), "sam_building.txt")
 
 
 @pytest.mark.slow  # about 3 CPU-minutes
+@pytest.mark.extended  # `make test` runs the listed tests of each flavour
 def test_keras_suite_direct(tmp_path):
     """All four files with SAMModel for keras.Model; the tests that built a
-    SAM model are exactly those `sam_building.txt` lists, which the other
-    flavours rerun (so the three run in parallel)."""
+    SAM model are exactly those `sam_building.txt` lists, which every
+    flavour reruns in `test_keras_suite_flavour` (the other 200 tests use
+    Keras' own models: they test Keras against itself)."""
     direct = run_and_check("direct", str(tmp_path))
     built = {k for k, e in direct["tests"].items() if e["sam_models"]}
     listed = sam_building()
@@ -123,7 +125,7 @@ def test_keras_suite_direct(tmp_path):
 
 
 @pytest.mark.slow  # about 1.2 CPU-minutes each
-@pytest.mark.parametrize("flavour", ["subclassed", "from_model"])
+@pytest.mark.parametrize("flavour", ["direct", "subclassed", "from_model"])
 def test_keras_suite_flavour(tmp_path, flavour):
     """The tests that build a SAM model under `direct` (the others use
     Keras' own Trainer-mixin models, Sequential or Functional, the same in
