@@ -29,6 +29,7 @@ from keras_sam.core.options import SAMOptions
 from keras_sam.core.options import check_rho
 from keras_sam.core.policy import StepState
 from keras_sam.distribution import MultiWorkerFix
+from keras_sam.distribution import check_distribution_settings
 from keras_sam.model_classes import bases_kept
 from keras_sam.model_classes import check_functional_kwargs
 from keras_sam.model_classes import functional_variant
@@ -248,7 +249,9 @@ class SAMModel(MultiWorkerFix, _keras.ClonedSettings, keras.Model):
             object.__setattr__(self, "train_step", step)
         # Keras compiles the whole step under `jit_compile=True`; the
         # TensorFlow step may compile its passes instead (read when Keras
-        # makes the function, so the setting is only lent for that).
+        # makes the function, so the setting is only lent for that; the
+        # settings check, which runs there too, sees the user's first).
+        check_distribution_settings(self)
         jit_compile = self.jit_compile
         self.jit_compile = backend.step_module().whole_step_compiled(self)
         try:

@@ -107,6 +107,12 @@ def trained_worker(index, out):
         plain.fit(_train_dataset(), epochs=1, shuffle=False, verbose=0)
     except ValueError as error:
         results["jit_error"] = np.array(str(error))
+    try:  # SAM too, though XLA would compile only its gradient pass
+        sam_jit = _build(sam_class, strategy, rho=RHO)
+        sam_jit.compile(optimizer="sgd", loss=sam_jit.loss, jit_compile=True)
+        sam_jit.fit(_train_dataset(), epochs=1, shuffle=False, verbose=0)
+    except ValueError as error:
+        results["sam_jit_error"] = np.array(str(error))
     try:
         grouped = _build(sam_class, strategy, rho=RHO, m=2)
         grouped.fit(_train_dataset(), epochs=1, shuffle=False, verbose=0)
@@ -272,9 +278,10 @@ def test_fit_equals_per_worker_hand_sam(trained):
 
 def test_jit_compile_on_cpu_workers_is_refused(trained):
     for result in trained:
-        message = str(result["jit_error"])
-        assert "jit_compile=True" in message
-        assert "jit_compile=False" in message
+        for key in ("jit_error", "sam_jit_error"):
+            message = str(result[key])
+            assert "jit_compile=True" in message
+            assert "jit_compile=False" in message
 
 
 def test_m2_per_worker_groups(trained):
