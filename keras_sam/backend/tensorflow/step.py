@@ -388,11 +388,11 @@ def _concatenated(parts):
 def _branch(model, options, use_sam, sam, base):
     """`tf.cond(use_sam, sam, base)`: a step that skips SAM costs one pass.
 
-    Except where XLA compiles the whole step on a CPU, whose convolutions inside a conditional (or a
-    loop) lose their fast path and run about 100 times slower
-    (jax-ml/jax#12868, open; measured 9.8 s vs 0.1 s per step on the
-    benchmark CNN): there, when only rho decides, the SAM branch runs
-    unconditionally. With rho == 0 it gives the base gradient all the same
+    Except where XLA compiles the whole step on a CPU, whose convolutions
+    inside a conditional (or a loop) lose their fast path and run about
+    100 times slower (jax-ml/jax#12868, open; measured 9.8 s vs 0.1 s per
+    step on the benchmark CNN): there, when only rho decides, the SAM
+    branch runs unconditionally. With rho == 0 it gives the base gradient all the same
     (eps = 0, so the second pass is at w), at the cost of a second pass.
     """
     if _xla_on_cpu(model):

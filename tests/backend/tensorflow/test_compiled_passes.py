@@ -27,9 +27,10 @@ WHOLE_STEP = {  # passes XLA cannot take apart: the whole step is compiled
     "m2": {"m": 2},
     "logit": {"gradient_rule": "logit"},
 }
+OPTIONS = {**PASSES, **WHOLE_STEP}
 
 
-def build(options, jit_compile):
+def build(options, jit_compile, model_class=keras_sam.SAMModel):
     keras.utils.set_random_seed(1)
     inputs = keras.Input((6, 6, 2))
     h = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
@@ -37,9 +38,9 @@ def build(options, jit_compile):
     # No dropout: TensorFlow's stateless draws pick another algorithm
     # under XLA (as for keras.Model), so the masks would differ.
     h = keras.layers.Flatten()(h)
-    model = keras_sam.SAMModel(
-        inputs, keras.layers.Dense(3)(h), rho=0.2, **options
-    )
+    if model_class is keras_sam.SAMModel:
+        options = {"rho": 0.2, **options}
+    model = model_class(inputs, keras.layers.Dense(3)(h), **options)
     model.compile(
         optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -81,9 +82,9 @@ def gradient_pass_calls(model) -> dict:
     return calls
 
 
-@pytest.mark.parametrize("name", sorted({**PASSES, **WHOLE_STEP}))
+@pytest.mark.parametrize("name", sorted(OPTIONS))
 def test_xla_gives_the_steps_of_the_graph(name):
-    options = {**PASSES, **WHOLE_STEP}[name]
+    options = OPTIONS[name]
     x, y = data()
     runs = {}
     for jit_compile in (False, True):
@@ -94,6 +95,23 @@ def test_xla_gives_the_steps_of_the_graph(name):
     assert max_difference(runs[False], runs[True]) < 1e-5
     model = build(options, True)
     assert tf_step.compiles_passes(model) is (name in PASSES)
+
+
+def test_rho_zero_under_xla_trains_as_keras_model_under_xla():
+    x, y = data()
+    twins = [build({"rho": 0.0}, True), build({}, True, keras.Model)]
+    histories = [
+        m.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0).history
+        for m in twins
+    ]
+    assert max_difference(*map(weights_of, twins)) < 1e-6
+    for key in ("loss", "accuracy"):
+        np.testing.assert_allclose(histories[0][key], histories[1][key],
+                                   rtol=1e-6)
+    evaluated = [m.evaluate(x, y, verbose=0, return_dict=True)
+                 for m in twins]
+    np.testing.assert_allclose(evaluated[0]["loss"], evaluated[1]["loss"],
+                               rtol=1e-6)
 
 
 @pytest.mark.parametrize("jit_compile", [True, False])
