@@ -301,23 +301,36 @@ def in_multi_worker_mode(strategy) -> bool:
 
 
 def symbolic_build(model, iterator=None, data_batch=None):
-    """Builds a model with unbuilt layers (and its compiled loss and
-    metrics) from the shapes of one batch, without running it
-    (`Trainer._symbolic_build`); does nothing to a built model, or under a
-    distribution strategy, where Keras builds it itself.
+    """Builds what the first trace of a step would create: unbuilt layers
+    and, for a batch with targets, the compiled loss and metrics and the
+    optimizer (`Trainer._symbolic_build`), from the shapes of one batch,
+    without running the model. Does nothing under a distribution
+    strategy, where Keras builds them itself.
 
     Keras' TensorFlow trainer calls it only under a distribution strategy
-    (`_distribute_strategy`); its JAX trainer always. No public route builds
-    a model whose input shape is known only from data (`model.build` needs
+    (`_distribute_strategy`); its JAX trainer always. Without it the first
+    trace creates variables, and a `tf.function` that creates variables is
+    traced twice (once to create them, once without): SAM's step, larger
+    than Keras', would pay that second trace too. No public route builds a
+    model whose input shape is known only from data (`model.build` needs
     the shape; a forward call would update its state). Keras 3.0+.
     """
     if distribute_strategy(model) is not None:
         return
-    if all(layer.built for layer in flatten_layers(model)):
-        return
     if data_batch is None:  # the shapes Keras' first trace would see
         data_batch = _element_spec(iterator)
+    built = all(layer.built for layer in flatten_layers(model))
+    if built and not _has_targets(data_batch):
+        return
     model._symbolic_build(iterator=iterator, data_batch=data_batch)
+
+
+def _has_targets(batch) -> bool:
+    """Whether a batch (or its spec) holds `y` (fit, evaluate), not only
+    `x` (predict)."""
+    if not isinstance(batch, (tuple, list)):
+        return False
+    return keras.utils.unpack_x_y_sample_weight(tuple(batch))[1] is not None
 
 
 def _element_spec(iterator):
