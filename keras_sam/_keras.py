@@ -320,7 +320,7 @@ def symbolic_build(model, iterator=None, data_batch=None):
     if data_batch is None:  # the shapes Keras' first trace would see
         data_batch = _element_spec(iterator)
     built = all(layer.built for layer in flatten_layers(model))
-    if built and not _has_targets(data_batch):
+    if built and not (_has_targets(data_batch) and _shaped(data_batch)):
         return
     model._symbolic_build(iterator=iterator, data_batch=data_batch)
 
@@ -331,6 +331,16 @@ def _has_targets(batch) -> bool:
     if not isinstance(batch, (tuple, list)):
         return False
     return keras.utils.unpack_x_y_sample_weight(tuple(batch))[1] is not None
+
+
+def _shaped(batch) -> bool:
+    """Whether every part of a batch (or its spec) has a shape and dtype
+    (not an optional input's `NoneTensorSpec` or `OptionalSpec`), as
+    `Trainer._symbolic_build` needs."""
+    return all(
+        part is None or (hasattr(part, "shape") and hasattr(part, "dtype"))
+        for part in keras.tree.flatten(batch)
+    )
 
 
 def _element_spec(iterator):
