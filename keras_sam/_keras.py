@@ -18,7 +18,8 @@ private Keras or TensorFlow use elsewhere):
   already done must be saved and restored with the backup itself;
 - `Function._run_through_graph` (`ClonedSettings` below): `clone_model`;
 - `TensorFlowTrainer._maybe_symbolic_build` (`SAMModel`): builds a lazily
-  built model before its first step (`symbolic_build` below).
+  built model, its compiled loss and metrics and its optimizer before its
+  first step, which is then traced once (`symbolic_build` below).
 TensorFlow's private distribution state is read here too
 (`in_multi_worker_mode`, `uses_collective_ops`).
 """
@@ -317,10 +318,18 @@ def symbolic_build(model, iterator=None, data_batch=None):
     """
     if distribute_strategy(model) is not None:
         return
+    layers_built = all(layer.built for layer in flatten_layers(model))
+    # What `Trainer._symbolic_build` checks, from the same (private)
+    # attributes: with all of it built there is nothing to do, and no spec
+    # to read.
+    compiled = (getattr(model, "_compile_metrics", None),
+                getattr(model, "_compile_loss", None), model.optimizer)
+    if layers_built and all(c is None or c.built for c in compiled):
+        return
     if data_batch is None:  # the shapes Keras' first trace would see
         data_batch = _element_spec(iterator)
-    built = all(layer.built for layer in flatten_layers(model))
-    if built and not (_has_targets(data_batch) and _shaped(data_batch)):
+    if layers_built and not (_has_targets(data_batch)
+                             and _shaped(data_batch)):
         return
     model._symbolic_build(iterator=iterator, data_batch=data_batch)
 
@@ -348,9 +357,14 @@ def _element_spec(iterator):
 
     Building from a batch pulled from a new iterator would consume one: a
     `tf.data` dataset reshuffles per iterator, so every epoch would see the
-    order of the next. The iterator's data adapter (`EpochIterator.
-    data_adapter`, no public accessor) knows the spec without reading.
+    order of the next. The dataset Keras' `TFEpochIterator` made in its
+    constructor (`_distributed_dataset`, no public accessor) knows the spec
+    without reading; its data adapter (`EpochIterator.data_adapter`) would
+    make another (for arrays, a copy of them all in a tf.Tensor).
     """
+    dataset = getattr(iterator, "_distributed_dataset", None)
+    if dataset is not None:
+        return dataset.element_spec
     adapter = getattr(iterator, "data_adapter", None)
     if adapter is None:
         return None

@@ -265,7 +265,10 @@ class SAMModel(MultiWorkerFix, _keras.ClonedSettings, keras.Model):
         # distribution strategy; otherwise the forward call in the first
         # trace of its `train_step` builds it. SAM's step reads the weights
         # before its first pass, so it builds first, symbolically (no state
-        # changes), as Keras does under strategies (see `_keras.py`).
+        # changes), as Keras does under strategies (see `_keras.py`); the
+        # compiled metrics and optimizer too, so that no variable is created
+        # in the step's first trace, which would make TensorFlow trace it
+        # twice.
         _keras.symbolic_build(self, iterator, data_batch)
         return super()._maybe_symbolic_build(
             iterator=iterator, data_batch=data_batch
