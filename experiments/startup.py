@@ -11,6 +11,7 @@ shows.
 """
 
 import contextlib
+import importlib.util
 import os
 import sys
 
@@ -34,7 +35,10 @@ def quiet_tensorflow_startup():
     does nothing once TensorFlow is imported (its lines are printed).
 
     On the JAX backend (`KERAS_BACKEND=jax`) JAX's device discovery is
-    quieted the same way (its INFO line about a missing TPU library).
+    quieted the same way (its INFO line about a missing TPU library). On
+    JAX or PyTorch without TensorFlow installed it imports nothing more:
+    the studies' tf.data pipelines need TensorFlow, the models and tools
+    on those backends do not.
     """
     if os.environ.get("KERAS_BACKEND") == "jax" and "jax" not in sys.modules:
         with _stderr_silenced():
@@ -45,8 +49,11 @@ def quiet_tensorflow_startup():
             except Exception:  # noqa: BLE001 - raised again, below
                 pass
         import jax  # noqa: F401 - a failed import fails here, loudly
-    if "tensorflow" in sys.modules:
+    if sys.modules.get("tensorflow") is not None:
         return
+    if (os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow"
+            and importlib.util.find_spec("tensorflow") is None):
+        return  # JAX or PyTorch alone: the tools run without TensorFlow
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with _stderr_silenced():
         try:

@@ -134,6 +134,22 @@ CHILD = textwrap.dedent("""
         outcome("noisy_dataset",
                 lambda: noise.noisy_dataset(None, lambda labels: labels))
 
+        # The tools run on this backend without TensorFlow too (the
+        # studies' package imports it only where it is installed).
+        import runpy
+
+        argv = sys.argv
+        sys.argv = ["benchmark.py", f"--backend={report['backend']}",
+                    "--model=mlp", "--methods=sgd,sam", "--dry_run"]
+        try:
+            runpy.run_path(ROOT + "/tools/benchmark.py", run_name="__main__")
+        except SystemExit as exit:
+            report["benchmark_exit"] = exit.code
+        except Exception as error:  # reported, not raised
+            report["benchmark_exit"] = f"{type(error).__name__}: {error}"
+        finally:
+            sys.argv = argv
+
     report["tensorflow_modules"] = sorted(
         name for name, module in sys.modules.items()
         if module is not None and blocked(name)
@@ -147,7 +163,8 @@ def report(request):
     backend = request.param
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed")
-    code = f"MODULES = {MODULES!r}\n" + CHILD
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = f"MODULES = {MODULES!r}\nROOT = {root!r}\n" + CHILD
     result = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -171,6 +188,11 @@ def test_every_module_imports_without_tensorflow(report):
         "keras_sam modules tried to import TensorFlow on import (make the "
         f"import lazy): {report['attempts']}"
     )
+
+
+@pytest.mark.slow  # subprocess
+def test_benchmark_runs_without_tensorflow(report):
+    assert report["benchmark_exit"] in (None, 0), report
 
 
 @pytest.mark.slow  # subprocess
