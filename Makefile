@@ -5,7 +5,8 @@
 #               their backend folders), then tests/core, the hand
 #               computations of every option, on JAX (its fast tier: XLA
 #               compiles the slow tier's recurrent cases for minutes) and
-#               on PyTorch, each with its backend folder's doctests; not
+#               on PyTorch (with tests/backend/torch), each with its
+#               backend folder's doctests; not
 #               the `extended` tests (the command-line tools end to end,
 #               the full Keras suite), which
 #   make test-extended   runs
@@ -38,7 +39,7 @@ test: setup
 	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -n 2 -m "not slow" \
 	  tests/core --doctest-modules keras_sam/backend/jax
 	KERAS_BACKEND=torch $(BIN)/python -m pytest -q -n 2 tests/core \
-	  --doctest-modules keras_sam/backend/torch
+	  tests/backend/torch --doctest-modules keras_sam/backend/torch
 
 test-extended: setup
 	$(BIN)/python -m pytest -q -n 2 -m extended tests

@@ -34,13 +34,13 @@ def _value_and_grad(f):
     """
 
     def value_and_grad(weights):
-        flat = keras.tree.flatten(weights)
+        flat, pack = _flatten(weights)
         nested = torch.is_grad_enabled() and any(
             w.requires_grad for w in flat)
         with torch.enable_grad():
             leaves = flat if nested else [
                 w.detach().requires_grad_(True) for w in flat]
-            value, aux = f(keras.tree.pack_sequence_as(weights, leaves))
+            value, aux = f(pack(leaves))
             grads = torch.autograd.grad(
                 value, leaves, allow_unused=True, create_graph=nested)
         grads = [torch.zeros_like(w) if g is None else g
@@ -49,9 +49,27 @@ def _value_and_grad(f):
             value, aux = keras.tree.map_structure(
                 lambda t: t.detach() if torch.is_tensor(t) else t,
                 (value, aux))
-        return (value, aux), keras.tree.pack_sequence_as(weights, grads)
+        return (value, aux), pack(grads)
 
     return value_and_grad
+
+
+def _flatten(weights):
+    """`(leaves, pack)`: the tensors of `weights` and how to rebuild it.
+
+    A list or tuple of tensors (the weights of a step) is taken as it is:
+    Keras 3.15's torch `keras.tree.flatten` and `pack_sequence_as` leave a
+    reference cycle that holds the structure they were given
+    (keras-team/keras#23110, fixed after 3.15.1), so each step's perturbed
+    weights stayed allocated until Python's cyclic garbage collector ran:
+    about one copy of the weights per step piled up on a GPU between
+    collections.
+    """
+    if type(weights) in (list, tuple) and all(
+            torch.is_tensor(w) for w in weights):
+        return list(weights), type(weights)
+    return (keras.tree.flatten(weights),
+            lambda leaves: keras.tree.pack_sequence_as(weights, leaves))
 
 
 def _map_groups(fn, groups):
