@@ -90,7 +90,7 @@ def float64_twin(build: Callable[[], keras.Model], model) -> keras.Model:
     # cuDNN's fused recurrent kernels have no float64 (on a GPU JAX's
     # `cudnn_rnn_bwd_ffi` refuses f64 operands): the twin's LSTMs and GRUs
     # take Keras' generic loop, which every CPU run takes anyway.
-    for layer in _sublayers(twin):
+    for layer in twin._flatten_layers():  # as tests/test_model.py
         if hasattr(layer, "use_cudnn"):
             layer.use_cudnn = False
     sources = model.trainable_variables + model.non_trainable_variables
@@ -101,19 +101,6 @@ def float64_twin(build: Callable[[], keras.Model], model) -> keras.Model:
     for source, target in zip(sources, targets):
         target.assign(numpy(source).astype(target.dtype))
     return twin
-
-
-def _sublayers(layer):
-    """`layer` and every layer inside it, through the public attributes of
-    models (`layers`) and wrappers (`layer`, Bidirectional's two)."""
-    yield layer
-    children = list(getattr(layer, "layers", None) or [])
-    for name in ("layer", "forward_layer", "backward_layer"):
-        child = getattr(layer, name, None)
-        if isinstance(child, keras.layers.Layer):
-            children.append(child)
-    for child in children:
-        yield from _sublayers(child)
 
 
 @dataclasses.dataclass(frozen=True)

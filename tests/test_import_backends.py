@@ -192,7 +192,7 @@ def test_every_module_imports_without_tensorflow(report):
 
 @pytest.mark.slow  # subprocess
 def test_benchmark_runs_without_tensorflow(report):
-    assert report["benchmark_exit"] in (None, 0), report
+    assert report.get("benchmark_exit", "not run") in (None, 0), report
 
 
 @pytest.mark.slow  # subprocess
